@@ -1,0 +1,31 @@
+"""One benchmark per test id: model x dataset x variant x backend x batch.
+
+The timed call is the backend's batch call on preloaded input; top-1 (through that
+backend, full test set), sizes and parity are measured outside the timer and recorded
+in ``benchmark.extra_info``.
+"""
+import pytest
+
+from squeezebench.record import build_extra_info
+from squeezebench.workbench import guardrail_floor
+
+
+@pytest.mark.bench
+def test_variant(benchmark, case, variant, backend_session, evaluation, bench_input, warmup, workbench):
+    prepared = backend_session.prepare(bench_input)
+    warm = warmup(backend_session.run, prepared)
+    benchmark(backend_session.run, prepared)
+
+    stats = getattr(benchmark, "stats", None)
+    rounds = list(stats.stats.data) if stats is not None else None
+    floor, floor_rule = guardrail_floor(workbench, variant)
+    artifact = workbench.artifact(variant, type(workbench.backend(case.backend)).artifact_format)
+    benchmark.extra_info.update(build_extra_info(
+        case, variant, artifact, backend_session, evaluation, workbench.static_facts(variant),
+        floor, rounds, extra={**warm, "top1_floor_rule": floor_rule},
+    ))
+    assert evaluation.parity_agreement >= 0.995, (
+        f"{case.backend} agrees with the reference on {evaluation.parity_agreement:.2%} "
+        f"of predictions < 99.50%")
+    assert evaluation.top1 >= floor, (
+        f"top-1 {evaluation.top1:.2f}% < floor {floor:.2f}% ({floor_rule}; chain {variant.chain or 'none'})")

@@ -1,0 +1,65 @@
+"""Model registry in the style of timm: ``@register_model`` + ``create_model(name)``."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+InShape = tuple[int, int, int]  # (channels, height, width)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    fn: Callable[..., nn.Module]
+    source_file: Path
+    description: str
+    full_profile_only: bool = False
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    fn: Callable[..., nn.Module] | None = None, *, full_profile_only: bool = False
+):
+    """Register a constructor ``fn(in_shape, num_classes, **kwargs) -> nn.Module``."""
+
+    def deco(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = f.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(
+            name=name,
+            fn=f,
+            source_file=Path(inspect.getsourcefile(f) or ""),
+            description=(inspect.getdoc(f) or "").splitlines()[0] if f.__doc__ else "",
+            full_profile_only=full_profile_only,
+        )
+        return f
+
+    return deco(fn) if fn is not None else deco
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}") from None
+
+
+def create_model(name: str, in_shape: InShape, num_classes: int, **kwargs) -> nn.Module:
+    """Build a registered model for inputs of ``in_shape`` (C, H, W) and ``num_classes`` outputs."""
+    if len(in_shape) != 3 or min(in_shape) < 1:
+        raise ValueError(f"in_shape must be (channels, height, width), got {in_shape!r}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    return model_entry(name).fn(tuple(int(v) for v in in_shape), int(num_classes), **kwargs)

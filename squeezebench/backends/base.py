@@ -1,0 +1,97 @@
+"""The backend interface: load an artifact, run a batch, return logits.
+
+A backend knows one runtime only. Which artifact format it loads is a class attribute;
+exporting to that format is the job of :mod:`squeezebench.artifacts`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Files a backend loads. ``files`` lists every one of them (for honest byte counts)."""
+
+    format: str  # torch | onnx | openvino
+    main: Path
+    files: tuple[Path, ...]
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files)
+
+
+class BackendUnavailable(Exception):
+    """The runtime is not installed or has no device here; the message is the skip reason."""
+
+
+class Session(ABC):
+    """A loaded artifact, ready to run batches."""
+
+    device_name: str = "unknown"
+    threads: int | None = None
+
+    @abstractmethod
+    def prepare(self, x: torch.Tensor) -> Any:
+        """Turn a float32 NCHW batch into this runtime's input (done outside any timer)."""
+
+    @abstractmethod
+    def run(self, prepared: Any) -> Any:
+        """Run one batch; returns when the result is ready (device synchronised)."""
+
+    @abstractmethod
+    def to_numpy(self, out: Any) -> np.ndarray:
+        """Logits as a float numpy array (done outside any timer)."""
+
+    def predict(self, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Logits for all of ``x``, in batches."""
+        outs = [self.to_numpy(self.run(self.prepare(x[i:i + batch_size])))
+                for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs).astype(np.float64, copy=False)
+
+    def facts(self) -> dict:
+        """Runtime facts worth recording (kernels, precisions...)."""
+        return {}
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    artifact_format: ClassVar[str]
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when usable here, else why not (used as the skip reason)."""
+        return None
+
+    @abstractmethod
+    def load(self, artifact: Artifact) -> Session:
+        ...
+
+
+_BACKENDS: dict[str, type[Backend]] = {}
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    _BACKENDS[cls.name] = cls
+    return cls
+
+
+def list_backends() -> list[str]:
+    return list(_BACKENDS)
+
+
+def get_backend(name: str) -> type[Backend]:
+    try:
+        return _BACKENDS[name]
+    except KeyError:
+        raise KeyError(f"unknown backend {name!r}; known: {', '.join(_BACKENDS)}") from None

@@ -1,0 +1,92 @@
+"""Benchmark profiles: which models, datasets, variants, backends and batch sizes a run covers."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+ALL_BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime", "openvino")
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    dataset: str
+    variant: str
+    backend: str
+    batch: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.dataset}-{self.variant}-{self.backend}-b{self.batch}"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    pairs: tuple[tuple[str, str], ...]  # (model, dataset)
+    variants: tuple[str, ...] = ("fp32",)
+    backends: tuple[str, ...] = ALL_BACKENDS
+    batches: tuple[int, ...] = (1, 256)
+    # Variants that only make sense for some models: variant -> models (others skip it).
+    variant_models: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.pairs or not self.variants or not self.backends or not self.batches:
+            raise ValueError(f"profile {self.name!r} selects nothing")
+        if any(b < 1 for b in self.batches):
+            raise ValueError(f"profile {self.name!r}: batch sizes must be >= 1, got {self.batches}")
+
+    def cases(self) -> list[Case]:
+        out = []
+        for model, dataset in self.pairs:
+            for variant in self.variants:
+                allowed = self.variant_models.get(variant)
+                if allowed is not None and model not in allowed:
+                    continue
+                for backend in self.backends:
+                    for batch in self.batches:
+                        out.append(Case(model, dataset, variant, backend, batch))
+        return out
+
+    def override(self, *, models=None, datasets=None, variants=None, backends=None, batches=None) -> "Profile":
+        """The profile narrowed or changed by command-line options."""
+        pairs = self.pairs
+        if datasets:
+            ms = models or tuple(dict.fromkeys(m for m, _ in self.pairs))
+            pairs = tuple((m, d) for d in datasets for m in ms)
+        elif models:
+            pairs = tuple(p for p in self.pairs if p[0] in models) or tuple(
+                (m, d) for m in models for d in dict.fromkeys(d for _, d in self.pairs))
+        return replace(self, pairs=pairs, variants=tuple(variants or self.variants),
+                       backends=tuple(backends or self.backends), batches=tuple(batches or self.batches))
+
+
+LENETS = ("lenet300_100", "lenet5")
+PROFILES: dict[str, Profile] = {}
+
+
+def register_profile(p: Profile) -> Profile:
+    PROFILES[p.name] = p
+    return p
+
+
+register_profile(Profile(
+    "quick", "CI: both LeNets on MNIST, fp32, every backend, batch 1 and 256",
+    pairs=tuple((m, "mnist") for m in LENETS),
+))
+register_profile(Profile(
+    "default", "make bench: both LeNets on MNIST and CIFAR-10, fp32, every backend, batch 1 and 256",
+    pairs=tuple((m, d) for d in ("mnist", "cifar10") for m in LENETS),
+))
+register_profile(Profile(
+    "full", "default plus ResNet-20 on CIFAR-10 and batches 1, 64, 256, 1024",
+    pairs=tuple((m, d) for d in ("mnist", "cifar10") for m in LENETS) + (("resnet20", "cifar10"),),
+    batches=(1, 64, 256, 1024),
+))
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise KeyError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}") from None

@@ -1,0 +1,86 @@
+"""The pytest side of squeezebench: options, test generation from a profile, machine info.
+
+Thin on purpose: every decision lives in the engine (profiles, workbench, backends)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from squeezebench.profiles import PROFILES, Case, get_profile
+from squeezebench.settings import ENV_CACHE_DIR, ENV_DATA_DIR, available_cores, user_cache_dir
+
+ENV_PROFILE = "SQUEEZEBENCH_PROFILE"
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("squeezebench", "squeezebench (compressed-model benchmarks)")
+    g.addoption("--sb-profile", default=None,
+                help=f"benchmark profile: {', '.join(PROFILES)} (env {ENV_PROFILE}). Default: default")
+    g.addoption("--sb-data-dir", "--data-dir", dest="sb_data_dir", default=None,
+                help=f"dataset root (env {ENV_DATA_DIR}); a directory you name is only read, never "
+                     f"written. Default: {user_cache_dir() / 'data'} with downloads")
+    g.addoption("--sb-cache-dir", default=None,
+                help=f"cache for trained models, variants and artifacts (env {ENV_CACHE_DIR}). "
+                     f"Default: {user_cache_dir()}")
+    g.addoption("--sb-threads", type=int, default=None,
+                help=f"threads each backend may use, recorded per record. Default: all available "
+                     f"cores ({available_cores()})")
+    g.addoption("--sb-models", default=None, help="comma list of registry models to keep. Default: the profile's")
+    g.addoption("--sb-datasets", default=None,
+                help="comma list of datasets: mnist, cifar10 or folder:<path> for an image-folder "
+                     "tree <path>/{train,test}/<class>/*. Default: the profile's")
+    g.addoption("--sb-variants", default=None, help="comma list of variant ids. Default: the profile's")
+    g.addoption("--sb-backends", default=None,
+                help="comma list of backends (torch-cpu, torch-cuda, onnxruntime, openvino). Default: the profile's")
+    g.addoption("--sb-batches", default=None, help="comma list of batch sizes. Default: the profile's (1,256)")
+    g.addoption("--sb-warmup-time", type=float, default=0.25,
+                help="seconds of untimed calls before each benchmark (at least 3 calls). Default: 0.25")
+
+
+def selected_profile(config: pytest.Config):
+    name = config.getoption("sb_profile") or os.environ.get(ENV_PROFILE) or "default"
+    try:
+        profile = get_profile(name)
+    except KeyError as e:
+        raise pytest.UsageError(str(e.args[0])) from None
+    batches = _csv(config.getoption("sb_batches"))
+    try:
+        return profile.override(
+            models=_csv(config.getoption("sb_models")), datasets=_csv(config.getoption("sb_datasets")),
+            variants=_csv(config.getoption("sb_variants")), backends=_csv(config.getoption("sb_backends")),
+            batches=tuple(int(b) for b in batches) if batches else None,
+        )
+    except ValueError as e:
+        raise pytest.UsageError(f"--sb-*: {e}") from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config._squeezebench_profile = selected_profile(config)  # type: ignore[attr-defined]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case" not in metafunc.fixturenames:
+        return
+    profile = metafunc.config._squeezebench_profile  # type: ignore[attr-defined]
+    cases: list[Case] = profile.cases()
+    params = [
+        pytest.param(c, id=c.id, marks=[pytest.mark.gpu] if c.backend == "torch-cuda" else [])
+        for c in cases
+    ]
+    metafunc.parametrize("case", params, scope="session")
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    from squeezebench.machine import machine_facts
+
+    profile = config._squeezebench_profile  # type: ignore[attr-defined]
+    machine_info["squeezebench"] = {
+        **machine_facts(),
+        "threads": config.getoption("sb_threads") or available_cores(),
+        "profile": profile.name,
+    }

@@ -1,0 +1,143 @@
+"""Seeded, deterministic CPU training over in-memory tensors.
+
+One loop serves baselines, distillation, fine-tuning after pruning and QAT: the
+caller may pass ``loss_fn(model, inputs, targets, indices)``, where ``indices`` are
+the rows of the training set in the batch (for looking up precomputed teacher logits).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from squeezebench.data import Dataset
+
+Progress = Callable[[str], None]
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train with; part of every trained artifact's cache key."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 128
+    optimizer: str = "adam"  # sgd | adam | adamw
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "onecycle"  # constant | cosine | onecycle
+    label_smoothing: float = 0.0
+    augment: bool = False  # random 4-px-padded crop + horizontal flip (natural images)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"epochs >= 0, batch_size >= 1 and lr > 0 are required, got {self}")
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"optimizer must be sgd, adam or adamw, got {self.optimizer!r}")
+        if self.schedule not in ("constant", "cosine", "onecycle"):
+            raise ValueError(f"schedule must be constant, cosine or onecycle, got {self.schedule!r}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    dy = torch.randint(0, 9, (n,), generator=gen)
+    dx = torch.randint(0, 9, (n,), generator=gen)
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h))  # n, h
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w))  # n, w
+    idx_n = torch.arange(n).view(n, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out.contiguous()
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    loss_fn: LossFn | None = None,
+    progress: Progress | None = None,
+    label: str = "train",
+    after_step: Callable[[nn.Module], None] | None = None,
+) -> dict:
+    """Train ``model`` in place on ``data``'s training split; return a summary dict."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x_all = data.normalize(data.x_train)
+    y_all = data.y_train
+    n = len(x_all)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = max(1, steps_per_epoch * cfg.epochs)
+    opt = _optimizer(model, cfg)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+    elif cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    else:
+        sched = None
+    t0 = time.perf_counter()
+    last_loss = float("nan")
+    losses: list[float] = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        running, seen = 0.0, 0
+        for i in range(0, n, cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            xb, yb = x_all[idx], y_all[idx]
+            if cfg.augment:
+                xb = _augment(xb, gen)
+            if loss_fn is None:
+                loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
+            else:
+                loss = loss_fn(model, xb, yb, idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if after_step is not None:
+                after_step(model)
+            running += loss.item() * len(idx)
+            seen += len(idx)
+        last_loss = running / max(seen, 1)
+        losses.append(last_loss)
+        if progress:
+            progress(f"{label}: epoch {epoch + 1}/{cfg.epochs} loss {last_loss:.4f} "
+                     f"({time.perf_counter() - t0:.0f}s)")
+    model.eval()
+    return {"epochs": cfg.epochs, "final_loss": last_loss, "epoch_losses": losses,
+            "train_seconds": time.perf_counter() - t0}
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def top1(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-1 accuracy in percent."""
+    return float((logits.argmax(1) == targets).float().mean()) * 100.0
