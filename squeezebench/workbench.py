@@ -51,6 +51,7 @@ class Variant:
     # Formats this variant writes itself (e.g. a QDQ ONNX); others are exported from ``model``.
     writers: dict[str, Callable[[Path], str]] = field(default_factory=dict)
     formats: tuple[str, ...] = ("torch", "onnx", "openvino")
+    qweights: dict | None = None  # int8 weights chosen by a quantize step (see compression.base)
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
