@@ -1,28 +1,30 @@
 """One benchmark per test id: model x dataset x variant x backend x batch.
 
 The timed call is the backend's batch call on preloaded input; top-1 (through that
-backend, full test set), sizes and parity are measured outside the timer and recorded
-in ``benchmark.extra_info``.
+backend, full test set), sizes and parity are measured outside the timer, energy and memory
+in a separate window after it, and all of it is recorded in ``benchmark.extra_info``.
 """
 import pytest
 
-from squeezebench.record import build_extra_info
+from squeezebench.record import benchmark_rounds, build_extra_info
 from squeezebench.workbench import guardrail_floor
 
 
 @pytest.mark.bench
-def test_variant(benchmark, case, variant, backend_session, evaluation, bench_input, warmup, workbench):
+def test_variant(benchmark, case, variant, backend_session, evaluation, bench_input, warmup, energy_window,
+                 workbench):
     prepared = backend_session.prepare(bench_input)
     warm = warmup(backend_session.run, prepared)
     benchmark(backend_session.run, prepared)
+    rounds, timing = benchmark_rounds(benchmark)
+    # Energy and memory: a separate window after the timing, so it never inflates latency.
+    tracked = energy_window(backend_session.run, prepared)
 
-    stats = getattr(benchmark, "stats", None)
-    rounds = list(stats.stats.data) if stats is not None else None
     floor, floor_rule = guardrail_floor(workbench, variant)
     artifact = workbench.artifact(variant, type(workbench.backend(case.backend)).artifact_format)
     benchmark.extra_info.update(build_extra_info(
         case, variant, artifact, backend_session, evaluation, workbench.static_facts(variant),
-        floor, rounds, extra={**warm, "top1_floor_rule": floor_rule},
+        floor, rounds, extra={**warm, **timing, **tracked, "top1_floor_rule": floor_rule},
     ))
     parity_min = variant.facts.get("parity_min", 0.995)
     assert evaluation.parity_agreement >= parity_min, (

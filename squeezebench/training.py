@@ -49,6 +49,14 @@ class TrainConfig:
         return asdict(self)
 
 
+def init_model(name: str, data: Dataset, seed: int, **kwargs) -> nn.Module:
+    """A registry model with seeded initial weights (the seed fixes them too)."""
+    from models import create_model
+
+    torch.manual_seed(seed)
+    return create_model(name, data.in_shape, data.num_classes, **kwargs)
+
+
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":

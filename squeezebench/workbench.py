@@ -15,8 +15,9 @@ from torch import nn
 
 from models import create_model, model_entry
 from squeezebench import artifacts as art
+from squeezebench import encoding
 from squeezebench import training
-from squeezebench.backends import Artifact, Backend, Session, get_backend
+from squeezebench.backends import Artifact, Backend, BackendUnavailable, Session, get_backend
 from squeezebench.cache import ArtifactCache
 from squeezebench.data import Dataset, load_dataset
 from squeezebench.metrics import count_macs, count_nonzero, count_params
@@ -52,6 +53,20 @@ class Variant:
     writers: dict[str, Callable[[Path], str]] = field(default_factory=dict)
     formats: tuple[str, ...] = ("torch", "onnx", "openvino")
     qweights: dict | None = None  # int8 weights chosen by a quantize step (see compression.base)
+    # Backends that cannot run this variant, with the reason (the bench fixture skips them).
+    # A compression step declares them in ``facts["unsupported_backends"]``.
+    unsupported: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.unsupported = {**self.facts.get("unsupported_backends", {}), **self.unsupported}
+
+    def unsupported_reason(self, backend_name: str, artifact_format: str) -> str | None:
+        """Why ``backend_name`` (which loads ``artifact_format``) cannot run this variant, or None."""
+        if backend_name in self.unsupported:
+            return self.unsupported[backend_name]
+        if artifact_format not in self.formats:
+            return f"variant {self.variant_id} has no {artifact_format} artifact (it has {', '.join(self.formats)})"
+        return None
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -104,13 +119,13 @@ class Workbench:
         arch = self.arch_for(model_name, data, **(model_kwargs or {}))
         key = {
             "what": tag, "arch": arch, "dataset": data.fingerprint, "recipe": cfg.as_dict(),
-            "code": source_hash(model_entry(model_name).source_file, training.fit, Path(__file__)),
+            "code": source_hash(model_entry(model_name).source_file, training.fit),
             **(extra_key or {}),
         }
 
         def build(tmp: Path) -> dict:
             self.progress(f"training {model_name} on {dataset_name} ({tag}, {cfg.epochs} epochs)")
-            model = create_model(model_name, data.in_shape, data.num_classes, **(model_kwargs or {}))
+            model = training.init_model(model_name, data, cfg.seed, **(model_kwargs or {}))
             loss_fn = loss_fn_factory(data) if loss_fn_factory else None
             summary = training.fit(model, data, cfg, loss_fn=loss_fn, progress=self.progress,
                                    label=f"{model_name}/{dataset_name}/{tag}")
@@ -150,16 +165,20 @@ class Workbench:
         k = (v.model_name, v.dataset_name, v.variant_id, fmt)
         if k in self._artifacts:
             return self._artifacts[k]
-        if fmt not in v.formats:
+        if fmt not in v.formats and fmt != "compressed":
             raise ValueError(f"variant {v.variant_id} has no {fmt} artifact (it has {', '.join(v.formats)})")
         key = {"variant": v.key, "format": fmt, "exporter": source_hash(art.write_onnx),
                "writer": source_hash(v.writers[fmt]) if fmt in v.writers else None}
+        if fmt == "compressed":  # squeezebench.encoding's model.sqz: the honest compact size
+            key["encoder"] = source_hash(encoding)
 
         def build(tmp: Path) -> dict:
             if fmt in v.writers:
                 main = v.writers[fmt](tmp)
             elif fmt == "torch":
                 main = art.write_torch(v.model, v.arch, tmp)
+            elif fmt == "compressed":
+                main = encoding.write_compressed(v, tmp)
             elif fmt == "onnx":
                 main = art.write_onnx(v.model, v.in_shape, tmp, dtype=getattr(torch, v.arch["dtype"]))
             elif fmt == "openvino":
@@ -182,6 +201,9 @@ class Workbench:
         k = (v.model_name, v.dataset_name, v.variant_id, backend_name)
         if k not in self._sessions:
             backend = self.backend(backend_name)
+            reason = v.unsupported_reason(backend_name, backend.artifact_format)
+            if reason:
+                raise BackendUnavailable(reason)
             self._sessions[k] = backend.load(self.artifact(v, backend.artifact_format))
         return self._sessions[k]
 
@@ -213,8 +235,15 @@ class Workbench:
         return self._evals[k]
 
     def static_facts(self, v: Variant) -> dict:
-        return {"params": count_params(v.model), "nonzero_params": count_nonzero(v.model),
-                "macs": count_macs(v.model, v.in_shape)}
+        params = count_params(v.model)
+        packed = self.artifact(v, "compressed")
+        return {"params": params, "nonzero_params": count_nonzero(v.model),
+                "macs": count_macs(v.model, v.in_shape),
+                # Three labelled sizes per record: artifact_bytes (the backend's files, in the
+                # record), compressed_bytes (model.sqz, see squeezebench.encoding), nonzero_params.
+                "compressed_bytes": packed.nbytes,
+                "compressed_encoding": encoding.describe(packed.main.read_bytes())["label"],
+                "bits_per_weight": packed.nbytes * 8 / params if params else None}
 
 
 def guardrail_floor(wb: Workbench, v: Variant) -> tuple[float, str]:

@@ -1,0 +1,59 @@
+"""Shared test helpers: a tiny synthetic dataset and a Workbench around it (no real data needed)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from squeezebench.data import Dataset
+from squeezebench.settings import resolve_settings
+from squeezebench.workbench import Workbench
+
+
+def make_tiny_dataset(name: str = "tiny", channels: int = 1, size: int = 16, n_train: int = 256,
+                      n_test: int = 128, classes: int = 4, seed: int = 0) -> Dataset:
+    """Separable synthetic images: class k has a bright square in quadrant k (learnable in 1-2 epochs)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n: int):
+        y = torch.randint(0, classes, (n,), generator=g)
+        x = torch.randint(0, 60, (n, channels, size, size), generator=g, dtype=torch.int64)
+        h = size // 2
+        for k in range(classes):
+            r, c = divmod(k % 4, 2)
+            x[y == k, :, r * h:(r + 1) * h, c * h:(c + 1) * h] += 150
+        return x.clamp(0, 255).to(torch.uint8), y
+
+    xtr, ytr = split(n_train)
+    xte, yte = split(n_test)
+    return Dataset(name, [f"c{k}" for k in range(classes)], xtr, ytr, xte, yte, source="synthetic")
+
+
+@pytest.fixture
+def tiny_dataset() -> Dataset:
+    return make_tiny_dataset()
+
+
+@pytest.fixture
+def tiny_workbench(tmp_path, tiny_dataset) -> Workbench:
+    """A Workbench with the tiny dataset registered under the name ``tiny``, caching in tmp_path."""
+    torch.set_num_threads(1)
+    settings = resolve_settings(data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", threads=1)
+    wb = Workbench(settings)
+    wb._datasets["tiny"] = tiny_dataset
+    return wb
+
+
+@pytest.fixture(scope="session")
+def shared_data(pytestconfig) -> "Path":
+    """The real datasets (../shared/data here). Skipped with the reason when absent, except in CI."""
+    import os
+    from pathlib import Path
+
+    s = resolve_settings(data_dir=pytestconfig.getoption("sb_data_dir"), environ=os.environ)
+    if not (s.data_dir / "MNIST").is_dir() or not (s.data_dir / "cifar10").exists():
+        msg = (f"real datasets not found under {s.data_dir}; set SQUEEZEBENCH_DATA_DIR or "
+               "--sb-data-dir (here: ../shared/data)")
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return s.data_dir

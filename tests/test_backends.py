@@ -1,0 +1,103 @@
+"""Backends on a tiny trained model: parity with torch-cpu, honest bytes, skip reasons."""
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from squeezebench.backends import BackendUnavailable, get_backend, list_backends
+from squeezebench.training import TrainConfig
+
+CPU_BACKENDS = ["torch-cpu", "onnxruntime", "openvino"]
+
+
+@pytest.fixture
+def tiny_variant(tiny_workbench):
+    return tiny_workbench.train("lenet5", "tiny", TrainConfig(epochs=2, lr=3e-3, batch_size=64))
+
+
+def test_all_four_backends_registered():
+    assert set(list_backends()) >= {"torch-cpu", "torch-cuda", "onnxruntime", "openvino"}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_parity_with_torch_cpu(tiny_workbench, tiny_variant, backend):
+    mod = {"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(backend)
+    if mod:
+        pytest.importorskip(mod)
+    ev = tiny_workbench.evaluate(tiny_variant, backend)
+    ref = tiny_workbench.evaluate(tiny_variant, "torch-cpu")
+    assert ev.parity_agreement >= 0.995, f"{backend} agrees on {ev.parity_agreement:.2%} < 99.5%"
+    assert ev.max_abs_logit_diff < 1e-3
+    assert ev.top1 == pytest.approx(ref.top1, abs=1.0)
+    assert ev.top1 > 60, "the tiny task is learnable; a broken backend would be near chance (25%)"
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_batch_sizes_and_thread_count(tiny_workbench, tiny_variant, backend):
+    mod = {"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(backend)
+    if mod:
+        pytest.importorskip(mod)
+    s = tiny_workbench.session(tiny_variant, backend)
+    assert s.threads == 1
+    x = tiny_workbench.dataset("tiny").test_inputs()
+    full = s.predict(x, batch_size=len(x))
+    for b in (1, 7):
+        out = s.to_numpy(s.run(s.prepare(x[:b])))
+        assert out.shape == (b, 4)
+        np.testing.assert_allclose(out, full[:b], atol=1e-4)
+
+
+def test_artifact_bytes_count_every_file(tiny_workbench, tiny_variant):
+    pytest.importorskip("openvino")
+    ov = tiny_workbench.artifact(tiny_variant, "openvino")
+    names = {p.name for p in ov.files}
+    assert names == {"model.xml", "model.bin"}
+    assert ov.nbytes == sum(p.stat().st_size for p in ov.files)
+    params = sum(p.numel() for p in tiny_variant.model.parameters())
+    assert (ov.main.with_suffix(".bin")).stat().st_size >= 4 * params, "fp32 weights must be in the .bin"
+    pt = tiny_workbench.artifact(tiny_variant, "torch")
+    assert {p.name for p in pt.files} == {"model.pt", "arch.json"}
+
+
+def test_onnx_external_data_is_counted(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from squeezebench.artifacts import files_of
+
+    m = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["w"], ["y"])], "g", [],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1000])],
+        [numpy_helper.from_array(np.ones(1000, np.float32), "w")]))
+    onnx.save_model(m, str(tmp_path / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
+    files = files_of(tmp_path, "model.onnx")
+    assert [p.name for p in files] == ["model.onnx", "model.onnx.data"]
+
+
+def test_cuda_skip_reason_without_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cls = get_backend("torch-cuda")
+    reason = cls.unavailable_reason()
+    assert reason and "no CUDA device" in reason
+    with pytest.raises(BackendUnavailable, match="no CUDA device"):
+        cls(1).load(None)
+
+
+@pytest.mark.parametrize("backend,module", [("onnxruntime", "onnxruntime"), ("openvino", "openvino")])
+def test_missing_runtime_is_a_reason_not_a_crash(monkeypatch, backend, module):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    cls = get_backend(backend)
+    assert f"{module} is not installed" in cls.unavailable_reason()
+    with pytest.raises(BackendUnavailable):
+        cls(1).load(None)
+
+
+@pytest.mark.gpu
+def test_cuda_parity(tiny_workbench, tiny_variant):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    ev = tiny_workbench.evaluate(tiny_variant, "torch-cuda")
+    assert ev.parity_agreement >= 0.995

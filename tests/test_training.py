@@ -1,0 +1,66 @@
+"""Training is deterministic and cached by content; corrupt cache entries are retrained."""
+import pytest
+import torch
+
+from squeezebench.training import TrainConfig
+
+
+def _weights(v):
+    return {k: t.clone() for k, t in v.model.state_dict().items()}
+
+
+def test_deterministic_and_cached(tiny_workbench):
+    cfg = TrainConfig(epochs=1, lr=3e-3, batch_size=64, seed=3)
+    lines = []
+    tiny_workbench.progress = lines.append
+    a = tiny_workbench.train("lenet300_100", "tiny", cfg)
+    assert any(l.startswith("training lenet300_100") for l in lines)
+    lines.clear()
+    b = tiny_workbench.train("lenet300_100", "tiny", cfg)
+    assert not any(l.startswith("training") for l in lines), "a second request must be served from the cache"
+    for k, t in _weights(a).items():
+        assert torch.equal(t, _weights(b)[k])
+
+
+def test_same_seed_same_weights_without_cache(tiny_workbench, tmp_path):
+    from squeezebench.cache import ArtifactCache
+
+    cfg = TrainConfig(epochs=1, lr=3e-3, batch_size=64, seed=5)
+    a = tiny_workbench.train("lenet5", "tiny", cfg)
+    tiny_workbench.cache = ArtifactCache(tmp_path / "other-cache")
+    b = tiny_workbench.train("lenet5", "tiny", cfg)
+    for k, t in _weights(a).items():
+        assert torch.equal(t, _weights(b)[k]), f"{k} differs between two seeded runs"
+
+
+def test_key_changes_with_recipe(tiny_workbench):
+    a = tiny_workbench.train("mlp_student", "tiny", TrainConfig(epochs=1, lr=1e-3, batch_size=64))
+    b = tiny_workbench.train("mlp_student", "tiny", TrainConfig(epochs=1, lr=2e-3, batch_size=64))
+    assert a.key != b.key
+    assert not torch.equal(a.model[1].weight, b.model[1].weight)
+
+
+def test_truncated_cache_entry_is_retrained(tiny_workbench):
+    cfg = TrainConfig(epochs=1, lr=3e-3, batch_size=64, seed=7)
+    a = tiny_workbench.train("lenet300_100", "tiny", cfg)
+    entries = list((tiny_workbench.cache.root / "trained").iterdir())
+    assert len(entries) == 1
+    pt = entries[0] / "model.pt"
+    pt.write_bytes(pt.read_bytes()[:100])
+    b = tiny_workbench.train("lenet300_100", "tiny", cfg)
+    for k, t in _weights(a).items():
+        assert torch.equal(t, _weights(b)[k])
+    tiny_workbench.cache.verify(entries[0])
+
+
+def test_progress_is_reported(tiny_workbench):
+    lines = []
+    tiny_workbench.progress = lines.append
+    tiny_workbench.train("mlp_student", "tiny", TrainConfig(epochs=2, lr=1e-3, batch_size=64, seed=9))
+    assert any("epoch 2/2" in l for l in lines)
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=-1), dict(lr=0), dict(optimizer="rmsprop"), dict(schedule="step")])
+def test_bad_train_config(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
