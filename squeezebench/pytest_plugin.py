@@ -11,6 +11,9 @@ from squeezebench.profiles import PROFILES, Case, get_profile
 from squeezebench.settings import ENV_CACHE_DIR, ENV_DATA_DIR, available_cores, user_cache_dir
 
 ENV_PROFILE = "SQUEEZEBENCH_PROFILE"
+DEFAULT_MIN_TIME = 1.0
+MIN_ROUNDS = 5
+DEFAULT_ENERGY_WINDOW = 1.0
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
@@ -40,6 +43,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--sb-batches", default=None, help="comma list of batch sizes. Default: the profile's (1,256)")
     g.addoption("--sb-warmup-time", type=float, default=0.25,
                 help="seconds of untimed calls before each benchmark (at least 3 calls). Default: 0.25")
+    g.addoption("--sb-min-time", type=float, default=DEFAULT_MIN_TIME,
+                help="minimum seconds of timed rounds per record: sets pytest-benchmark's max_time to "
+                     "max(this, --benchmark-max-time) and min_rounds to at least "
+                     f"{MIN_ROUNDS}. Default: {DEFAULT_MIN_TIME}")
+    g.addoption("--sb-energy-window", type=float, default=DEFAULT_ENERGY_WINDOW,
+                help="seconds of repeated batch calls after each latency benchmark, measured for energy "
+                     "(NVML on CUDA, RAPL on the CPU, idle power subtracted) and memory; 0 disables. "
+                     f"Default: {DEFAULT_ENERGY_WINDOW}")
 
 
 def selected_profile(config: pytest.Config):
@@ -73,6 +84,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         for c in cases
     ]
     metafunc.parametrize("case", params, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--sb-min-time, through pytest-benchmark's documented ``benchmark`` marker: a test's own
+    marker values are kept unless they measure for less than the minimum."""
+    min_time = config.getoption("sb_min_time")
+    if min_time is None or min_time < 0:
+        raise pytest.UsageError(f"--sb-min-time must be >= 0, got {min_time}")
+    try:
+        cli_max_time = float(config.getoption("benchmark_max_time"))
+        cli_min_rounds = int(config.getoption("benchmark_min_rounds"))
+    except ValueError:  # pytest-benchmark not loaded (-p no:benchmark)
+        return
+    for item in items:
+        if "benchmark" not in getattr(item, "fixturenames", ()):
+            continue
+        marker = item.get_closest_marker("benchmark")
+        kwargs = dict(marker.kwargs) if marker else {}
+        kwargs["max_time"] = max(float(kwargs.get("max_time", cli_max_time)), min_time)
+        kwargs["min_rounds"] = max(int(kwargs.get("min_rounds", cli_min_rounds)), MIN_ROUNDS)
+        item.add_marker(pytest.mark.benchmark(**kwargs), append=False)
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

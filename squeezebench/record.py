@@ -33,8 +33,28 @@ def latency_fields(round_times_s: list[float] | None, batch: int) -> dict:
         "latency_stddev_us": float(per_image.std(ddof=1)) if len(per_image) > 1 else 0.0,
         "rounds": int(len(t)),
         "latency_method": "pytest-benchmark rounds of the backend's batch call on preloaded input; "
-                          "per image = time per call / batch",
+                          "per image = time per call / batch; percentiles by linear interpolation"
+                          + ("" if len(t) >= 100 else f" (only {len(t)} rounds: p99 is close to the maximum)"),
     }
+
+
+def benchmark_rounds(benchmark) -> tuple[list[float] | None, dict]:
+    """The per-call times pytest-benchmark measured, and the options it measured them with."""
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:
+        return None, {}
+    opts = getattr(stats, "options", {}) or {}
+    return list(stats.stats.data), {"latency_max_time_s": float(opts["max_time"]) if "max_time" in opts else None,
+                                    "latency_min_rounds": opts.get("min_rounds")}
+
+
+def _layers(variant: Variant) -> dict | None:
+    from squeezebench.metrics import nonzero_per_layer
+
+    try:
+        return nonzero_per_layer(variant.model)
+    except Exception:  # a model whose layers hide their weights: the totals still stand
+        return None
 
 
 def build_extra_info(
@@ -61,6 +81,7 @@ def build_extra_info(
         "max_abs_logit_diff": evaluation.max_abs_logit_diff,
         "device": session.device_name,
         "chain": variant.chain,
+        "nonzero_per_layer": _layers(variant),
         "runtime": session.facts(),
     }
     info.update({k: v for k, v in variant.facts.items() if k != "artifact_meta"})

@@ -23,7 +23,8 @@ def test_bench_run_saves_complete_records(tmp_path, shared_data, pytestconfig):
     cmd = [sys.executable, "-m", "pytest", "bench/", "-p", "no:cacheprovider", "--sb-profile", "quick",
            "-k", "lenet300_100", "--sb-backends", "torch-cpu,torch-cuda,onnxruntime,openvino",
            "--benchmark-autosave", f"--benchmark-storage=file://{storage}",
-           "--benchmark-max-time=0.05", "--benchmark-min-rounds=20", "--sb-warmup-time=0.02"]
+           "--benchmark-max-time=0.05", "--benchmark-min-rounds=20", "--sb-warmup-time=0.02",
+           "--sb-min-time=0", "--sb-energy-window=0.1"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     saved = list(storage.rglob("0001_*.json"))

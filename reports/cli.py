@@ -1,0 +1,217 @@
+"""``python -m reports``: views of saved pytest-benchmark histories (never reruns anything)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from reports.compare import DEFAULTS
+from reports.history import HistoryError, expand_paths, load_history, load_histories
+
+HISTORY_HELP = ("pytest-benchmark JSON files, or directories (each gives the newest NNNN_*.json of every "
+                "machine folder in it). Default: .benchmarks")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m reports",
+        description="Reports and regression gates from saved pytest-benchmark histories "
+                    "(.benchmarks/<machine>/NNNN_*.json). Reads only; never reruns a benchmark. "
+                    "Unreadable files are named on stderr and the others are still read.",
+        epilog="views: summary, paper, plots, markdown, html, compare. "
+               "'python -m reports VIEW --help' for each one's options.")
+    sub = p.add_subparsers(dest="view", metavar="VIEW", required=True)
+
+    s = sub.add_parser("summary", help="machines and every record, as a text table")
+    s.add_argument("histories", nargs="*", metavar="HISTORY", help=HISTORY_HELP)
+    s.add_argument("--every", action="store_true", help="a directory gives every history in it, not the newest")
+
+    pp = sub.add_parser("paper", help="the study's Tables 1-20 from one history: our measurement in every "
+                                      "cell, the study's figure beside it")
+    pp.add_argument("history", nargs="?", metavar="HISTORY", help="one history file or directory (newest). "
+                                                                  "Default: .benchmarks")
+    pp.add_argument("--backend", default="torch-cpu", help="backend whose records fill the table. Default: torch-cpu")
+    pp.add_argument("--batch", type=int, default=1, help="batch size of the timed records (s/image). Default: 1")
+    pp.add_argument("--tables", default=None, help="comma list of table numbers. Default: all (1-20)")
+    pp.add_argument("--format", choices=("markdown", "text", "html"), default="markdown",
+                    help="output format. Default: markdown")
+    pp.add_argument("-o", "--output", type=Path, default=None, help="write to this file. Default: stdout")
+
+    for name, helptext in (("plots", "PNG and SVG figures: accuracy vs bytes (Pareto), latency, sparsity vs "
+                                     "accuracy, temperature vs student accuracy, energy"),
+                           ("markdown", "a Markdown report (report.md) with the plots beside it"),
+                           ("html", "a self-contained HTML report (report.html, plots embedded)")):
+        v = sub.add_parser(name, help=helptext)
+        v.add_argument("histories", nargs="*", metavar="HISTORY", help=HISTORY_HELP)
+        v.add_argument("-o", "--output", type=Path, default=Path("reports/out"),
+                       help="output directory. Default: reports/out")
+        v.add_argument("--every", action="store_true", help="a directory gives every history in it, not the newest")
+        if name != "plots":
+            v.add_argument("--backend", default="torch-cpu", help="backend for the study's tables. Default: torch-cpu")
+            v.add_argument("--batch", type=int, default=1, help="batch for the study's tables. Default: 1")
+            v.add_argument("--no-paper", action="store_true", help="leave out the study's tables")
+        if name == "markdown":
+            v.add_argument("--embed", action="store_true", help="embed images as data URIs instead of links")
+
+    c = sub.add_parser(
+        "compare", help="regression gate: exit 1 when NEW regresses against BASE",
+        description="Direction-aware gate. Regressions: top-1 lower by more than --top1-tol; artifact_bytes "
+                    "or compressed_bytes larger by more than --size-tol; latency slower, judged as the ratio of "
+                    "each record's per_image_us to the fp32 torch-cpu record of the same model/dataset/batch in "
+                    "the same run (BASE's ratio vs NEW's, so a uniformly slower machine does not fail); energy "
+                    "per image higher by more than --energy-tol. Absolute times are shown, gated only with "
+                    "--gate-absolute. Records of BASE missing in NEW fail unless --allow-missing. "
+                    "Exit 0: nothing regressed; 1: something did; 2: a history could not be read.")
+    c.add_argument("base", metavar="BASE", help="the history before (file, or directory: its newest)")
+    c.add_argument("new", metavar="NEW", help="the history after (file, or directory: its newest)")
+    c.add_argument("--top1-tol", type=float, default=DEFAULTS["top1_tol"],
+                   help=f"allowed top-1 drop in percentage points. Default: {DEFAULTS['top1_tol']}")
+    c.add_argument("--size-tol", type=float, default=DEFAULTS["size_tol"],
+                   help=f"allowed relative growth of artifact_bytes/compressed_bytes. Default: {DEFAULTS['size_tol']}")
+    c.add_argument("--latency-tol", type=float, default=DEFAULTS["latency_tol"],
+                   help="allowed relative growth of the in-run latency ratio (and of absolute time with "
+                        f"--gate-absolute). Default: {DEFAULTS['latency_tol']}")
+    c.add_argument("--energy-tol", type=float, default=DEFAULTS["energy_tol"],
+                   help=f"allowed relative growth of energy per image. Default: {DEFAULTS['energy_tol']}")
+    c.add_argument("--gate-absolute", action="store_true",
+                   help="also fail on absolute per-image time (same machine, quiet runs only). Default: off")
+    c.add_argument("--allow-missing", action="store_true",
+                   help="records of BASE absent from NEW are reported but do not fail. Default: off")
+    c.add_argument("--baseline-backend", default="torch-cpu",
+                   help="backend of the fp32 record latency ratios divide by. Default: torch-cpu")
+    c.add_argument("--latency-stat", choices=("median", "min", "mean"), default="median",
+                   help="per-image statistic the latency ratio uses: median (per_image_us), min (fastest "
+                        "round: steadier on a machine shared with other load) or mean. Default: median")
+    c.add_argument("--quiet", action="store_true", help="print only regressions, missing records and the verdict")
+    return p
+
+
+def _one(path: str | None) -> "History":  # noqa: F821
+    paths = expand_paths([path] if path else [])
+    if len(paths) != 1:
+        raise HistoryError(f"{path or '.benchmarks'}: expected one history, found {len(paths)} "
+                           f"({', '.join(map(str, paths[:4]))}{'...' if len(paths) > 4 else ''}); name a file")
+    if paths[0].is_dir():
+        raise HistoryError(f"{paths[0]}: no pytest-benchmark history (NNNN_*.json) in this directory")
+    return load_history(paths[0])
+
+
+def _histories(args) -> list:
+    hs = load_histories(args.histories, every=getattr(args, "every", False))
+    if not hs:
+        print("reports: no readable history; nothing to report", file=sys.stderr)
+    return hs
+
+
+def cmd_summary(args) -> int:
+    from reports.render import machine_runs, machines_table, side_by_side_table
+
+    hs = _histories(args)
+    if not hs:
+        return 2
+    runs = machine_runs(hs)
+    print(machines_table(runs).text())
+    print(side_by_side_table(runs).text())
+    return 0
+
+
+def cmd_paper(args) -> int:
+    from reports import paper
+
+    try:
+        h = _one(args.history)
+    except HistoryError as e:
+        print(f"reports: {e}", file=sys.stderr)
+        return 2
+    tables = [int(t) for t in args.tables.split(",")] if args.tables else None
+    ts = paper.paper_tables(h, backend=args.backend, batch=args.batch, tables=tables)
+    pre = paper.preamble(h, args.backend, args.batch)
+    if args.format == "markdown":
+        text = "# The study's tables, measured by us\n\n" + "\n".join(f"- {p}" for p in pre) + "\n\n" + \
+               "\n".join(t.markdown(2) for t in ts)
+    elif args.format == "text":
+        text = "\n".join(pre) + "\n\n" + "\n".join(t.text() for t in ts)
+    else:
+        from reports.render import CSS
+        import html
+
+        text = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{CSS}</style></head><body>"
+                "<h1>The study's tables, measured by us</h1><ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in pre)
+                + "</ul>" + "\n".join(t.html(2) for t in ts) + "</body></html>")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_plots(args) -> int:
+    from reports.plots import all_plots
+    from reports.render import machine_runs
+
+    hs = _histories(args)
+    if not hs:
+        return 2
+    runs = machine_runs(hs)
+    n = 0
+    for run in runs:
+        plots = all_plots(run.records, args.output, f"{run.short.lower()}_" if len(runs) > 1 else "")
+        for p in plots:
+            print(f"{p.png}  {p.svg.name if p.svg else ''}  {p.title}")
+        n += len(plots)
+    print(f"{n} plots in {args.output}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from reports import render
+
+    hs = _histories(args)
+    if not hs:
+        return 2
+    kw = {"backend": args.backend, "batch": args.batch, "with_paper": not args.no_paper}
+    if args.view == "markdown":
+        path = render.markdown(hs, args.output, embed=args.embed, **kw)
+    else:
+        path = render.html_report(hs, args.output, **kw)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from reports.compare import MISSING, REGRESSED, compare_runs
+
+    try:
+        base, new = _one(args.base), _one(args.new)
+    except HistoryError as e:
+        print(f"reports: {e}", file=sys.stderr)
+        return 2
+    res = compare_runs(base, new, top1_tol=args.top1_tol, size_tol=args.size_tol, latency_tol=args.latency_tol,
+                       energy_tol=args.energy_tol, gate_absolute=args.gate_absolute,
+                       ratio_backend=args.baseline_backend, latency_stat=args.latency_stat)
+    print(f"BASE {base.path} ({base.machine.label}, commit {base.commit})")
+    print(f"NEW  {new.path} ({new.machine.label}, commit {new.commit})")
+    for note in res.notes:
+        print(f"note: {note}")
+    t = res.table()
+    if args.quiet:
+        t.rows = [r for r in t.rows if r[-1] in (REGRESSED, MISSING)]
+    if t.rows:
+        print(t.text())
+    failed = res.failed(args.allow_missing)
+    print(f"{len(res.regressions)} regressed, {len(res.missing)} missing in NEW"
+          f"{' (allowed)' if args.allow_missing and res.missing else ''}, {len(res.added)} new in NEW; "
+          f"{res.compared} records compared, {res.unchanged} identical -> {'FAIL' if failed else 'PASS'}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"summary": cmd_summary, "paper": cmd_paper, "plots": cmd_plots, "markdown": cmd_report,
+                "html": cmd_report, "compare": cmd_compare}
+    try:
+        return handlers[args.view](args)
+    except BrokenPipeError:  # `python -m reports paper | head`
+        return 0

@@ -1,0 +1,218 @@
+"""The report: machines side by side, results, "is this compression real?", plots, and the
+study's tables where the history has their rows. Markdown (images beside it) or one
+self-contained HTML file (images as base64 data URIs)."""
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+from reports import paper
+from reports.analysis import RATIO_BACKEND, compression_reality, latency_ratio
+from reports.history import History, Record, group_by_machine
+from reports.plots import Plot, all_plots, energy_unavailable_reasons
+from reports.tables import MISSING, Table, fmt, fmt_kb, fmt_x
+
+
+@dataclass
+class Run:
+    """One history, labelled with its machine (M1, M2...) for side-by-side columns."""
+
+    label: str
+    short: str
+    machine: str
+    facts: dict
+    history: History
+
+    @property
+    def records(self) -> list[Record]:
+        return self.history.records
+
+    @property
+    def histories(self) -> list[History]:
+        return [self.history]
+
+
+def machine_runs(histories: list[History]) -> list[Run]:
+    """Histories grouped by machine (first seen first), oldest first within a machine."""
+    out = []
+    groups = group_by_machine(histories)
+    for i, hs in enumerate(groups.values()):
+        m = hs[-1].machine
+        for j, h in enumerate(hs):
+            short = f"M{i + 1}" + (f".{j + 1}" if len(hs) > 1 else "")
+            out.append(Run(f"{short}: {m.label}, {h.path.name}", short, m.label, m.facts, h))
+    return out
+
+
+def machines_table(runs: list[Run]) -> Table:
+    machines: dict[str, list[Run]] = {}
+    for r in runs:
+        machines.setdefault(r.machine, []).append(r)
+    ms = list(machines.values())
+    keys: list[str] = []
+    for rs in ms:
+        keys += [k for k in rs[0].facts if k not in keys]
+    rows = [[k] + [fmt(rs[-1].facts.get(k)) for rs in ms] for k in keys]
+    rows.append(["histories"] + ["; ".join(f"{r.short} = {r.history.path.name} (commit {r.history.commit}, "
+                                           f"{r.history.datetime[:19]})" for r in rs) for rs in ms])
+    return Table("Machines", ["fact"] + [f"M{i + 1}: {rs[0].machine}" for i, rs in enumerate(ms)], rows,
+                 anchor="machines")
+
+
+def _sort_key(key: tuple) -> tuple:
+    m, d, v, b, n = key
+    return (str(d), str(m), v != "fp32", str(v), str(b), n or 0)
+
+
+def side_by_side_table(runs: list[Run]) -> Table:
+    """Every record; per machine: top-1, median per-image latency, its ratio to fp32 torch-cpu."""
+    keys = sorted({r.key for run in runs for r in run.records}, key=_sort_key)
+    per = [{r.key: r for r in run.records} for run in runs]
+    cols = ["model", "dataset", "variant", "backend", "batch"]
+    for run in runs:
+        p = f"{run.short} " if len(runs) > 1 else ""
+        cols += [f"{p}top-1 %", f"{p}µs/image p50", f"{p}p99", f"{p}vs fp32 {RATIO_BACKEND}",
+                 f"{p}size kB", f"{p}energy mJ/image"]
+    rows = []
+    for k in keys:
+        row = [str(x) for x in k]
+        for run, idx in zip(runs, per):
+            r = idx.get(k)
+            if r is None:
+                row += [MISSING, "", "", "", "", ""]
+                continue
+            size, field = r.size()
+            e, src = r.energy_j_per_image()
+            row += [fmt(r.n("top1")), fmt(r.n("per_image_us"), 1), fmt(r.n("latency_p99_us"), 1),
+                    fmt_x(latency_ratio(r, run.records)),
+                    fmt_kb(size) + ("" if field == "compressed_bytes" else f" ({r['artifact_format'] or 'file'})"),
+                    fmt(e * 1000, 3) + (" GPU" if src and "gpu" in src else " CPU") if e is not None else "—"]
+        rows.append(row)
+    notes = [f"vs fp32 {RATIO_BACKEND}: per-image time over the fp32 {RATIO_BACKEND} record of the same "
+             "model/dataset/batch in the same run (what the compare gate judges).",
+             "size: compressed_bytes where recorded, else the backend's artifact_bytes (format named); 1 kB = 1000 B."]
+    return Table("Results" + (" side by side" if len(runs) > 1 else ""), cols, rows, notes=notes, anchor="results")
+
+
+def reality_table(run: Run, title: str) -> Table:
+    rows = []
+    for x in sorted(compression_reality(run.records), key=lambda x: _sort_key(x.record.key)):
+        r = x.record
+        rows.append([r["model"], r["dataset"], r["variant"], r["backend"], str(r["batch"]),
+                     fmt_x(x.speedup), fmt_x(x.mac_reduction), fmt_x(x.nonzero_reduction),
+                     fmt_x(x.size_reduction) + ("" if x.size_field == "compressed_bytes" else " (file)"),
+                     ("⚠ " + x.flag) if x.flag else "ok"])
+    return Table(title, ["model", "dataset", "variant", "backend", "batch", "speedup vs fp32",
+                         "MACs reduction", "nonzero-weight reduction", "size reduction", "is it real?"], rows,
+                 notes=["Each variant against the fp32 baseline on the same backend, batch, model and dataset, "
+                        "in the same run. Flagged: size or nonzero weights went down, time did not "
+                        "(e.g. dense kernels multiply the zeros anyway)."],
+                 anchor="reality")
+
+
+def _plots_for(runs: list[Run], out: Path, formats: tuple[str, ...]) -> list[tuple[str, list[Plot]]]:
+    res = []
+    for run in runs:
+        prefix = f"{run.short.lower()}_" if len(runs) > 1 else ""
+        res.append((run.label, all_plots(run.records, out, prefix, formats)))
+    return res
+
+
+def _paper_sections(runs: list[Run], backend: str, batch: int) -> list[tuple[str, list[str], list[Table]]]:
+    out = []
+    for run in runs:
+        h = run.history
+        hit, total = paper.matched_count(h, backend, batch)
+        if hit:
+            out.append((run.label, paper.preamble(h, backend, batch), paper.paper_tables(h, backend=backend, batch=batch)))
+    return out
+
+
+def build(histories: list[History], out: Path, *, backend: str = "torch-cpu", batch: int = 1,
+          with_paper: bool = True, formats: tuple[str, ...] = ("png", "svg")) -> dict:
+    runs = machine_runs(histories)
+    plot_dir = out / "plots"
+    return {
+        "runs": runs,
+        "machines": machines_table(runs),
+        "results": side_by_side_table(runs),
+        "reality": [reality_table(run, "Is this compression real?" + (f" — {run.label}" if len(runs) > 1 else ""))
+                    for run in runs],
+        "plots": _plots_for(runs, plot_dir, formats),
+        "energy_missing": sorted({x for run in runs for x in energy_unavailable_reasons(run.records)}),
+        "paper": _paper_sections(runs, backend, batch) if with_paper else [],
+    }
+
+
+def _intro(histories: list[History]) -> list[str]:
+    n = sum(len(h.records) for h in histories)
+    return [f"{n} records from {len(histories)} saved pytest-benchmark histories: "
+            + ", ".join(str(h.path) for h in histories) + ". Nothing was rerun to make this report."]
+
+
+def markdown(histories: list[History], out: Path, *, embed: bool = False, **kw) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    parts = build(histories, out, **kw)
+    md = ["# squeezebench report", "", *_intro(histories), "", parts["machines"].markdown(2),
+          parts["results"].markdown(2)]
+    md += [t.markdown(2) for t in parts["reality"]]
+    md.append("## Plots\n")
+    for label, plots in parts["plots"]:
+        md.append(f"### {label}\n")
+        for p in plots:
+            src = _data_uri(p.png) if embed else p.png.relative_to(out).as_posix()
+            md += [f"#### {p.title}", "", f"![{p.title}]({src})", "", f"*{p.caption}*", ""]
+    if parts["energy_missing"]:
+        md.append("Energy not measured for some records: " + "; ".join(parts["energy_missing"]) + "\n")
+    for label, pre, tables in parts["paper"]:
+        md += [f"## The study's tables, measured on {label}", ""] + [f"- {p}" for p in pre] + [""]
+        md += [t.markdown(3) for t in tables]
+    path = out / "report.md"
+    path.write_text("\n".join(md), encoding="utf-8")
+    return path
+
+
+def _data_uri(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1500px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:12px}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#f0f0f0;position:sticky;top:0}
+td.missing{color:#999;font-style:italic} td.bad{color:#b00;font-weight:600}
+p.note{font-size:12px;color:#555;font-style:italic}
+figure{display:inline-block;margin:.5em;max-width:720px} figure img{max-width:100%}
+figcaption{font-size:12px;color:#555}
+"""
+
+
+def html_report(histories: list[History], out: Path, **kw) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    parts = build(histories, out, formats=("png",), **kw)  # embedded; `plots` writes the SVGs
+    e = html.escape
+    body = ["<h1>squeezebench report</h1>"] + [f"<p>{e(p)}</p>" for p in _intro(histories)]
+    nav = ['<a href="#machines">machines</a>', '<a href="#results">results</a>', '<a href="#reality">is it real?</a>',
+           '<a href="#plots">plots</a>'] + (['<a href="#paper">study tables</a>'] if parts["paper"] else [])
+    body.append("<p>" + " · ".join(nav) + "</p>")
+    body += [parts["machines"].html(2), parts["results"].html(2)] + [t.html(2) for t in parts["reality"]]
+    body.append('<h2 id="plots">Plots</h2>')
+    for label, plots in parts["plots"]:
+        body.append(f"<h3>{e(label)}</h3>")
+        for p in plots:
+            body.append(f'<figure><img alt="{e(p.title)}" src="{_data_uri(p.png)}">'
+                        f"<figcaption><b>{e(p.title)}</b>. {e(p.caption)}</figcaption></figure>")
+    if parts["energy_missing"]:
+        body.append(f'<p class="note">Energy not measured for some records: {e("; ".join(parts["energy_missing"]))}</p>')
+    for i, (label, pre, tables) in enumerate(parts["paper"]):
+        body.append(f'<h2{" id=paper" if i == 0 else ""}>The study\'s tables, measured on {e(label)}</h2>')
+        body.append("<ul>" + "".join(f"<li>{e(p)}</li>" for p in pre) + "</ul>")
+        body += [t.html(3) for t in tables]
+    doc = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>squeezebench report</title>"
+           f"<style>{CSS}</style></head><body>" + "\n".join(body) + "</body></html>")
+    path = out / "report.html"
+    path.write_text(doc, encoding="utf-8")
+    return path

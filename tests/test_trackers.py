@@ -1,0 +1,290 @@
+"""Energy and memory trackers against a fake NVML, fake RAPL files, and their absence."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from squeezebench import trackers
+from squeezebench.trackers import GpuEnergy, MemoryTracker, RaplEnergy, measure_window
+
+
+class FakeNvml:
+    """pynvml's surface that the tracker uses. The board draws ``idle_w`` until ``busy`` is set,
+    then ``busy_w``; the energy counter integrates that over real time (mJ, like NVML)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, idle_w: float = 50.0, busy_w: float = 150.0, counter: bool = True):
+        self.idle_w, self.busy_w, self.counter = idle_w, busy_w, counter
+        self.busy = False
+        self._j = 123456.0  # the counter runs since driver load: never starts at zero
+        self._t = time.perf_counter()
+        self.calls: list[str] = []
+
+    def _advance(self) -> None:
+        now = time.perf_counter()
+        self._j += (self.busy_w if self.busy else self.idle_w) * (now - self._t)
+        self._t = now
+
+    def set_busy(self, busy: bool) -> None:
+        self._advance()
+        self.busy = busy
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return f"handle{i}"
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return uuid
+
+    def nvmlDeviceGetName(self, h):
+        return b"Fake GPU"
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        self.calls.append("energy")
+        if not self.counter:
+            raise self.NVMLError("Not Supported")
+        self._advance()
+        return int(self._j * 1000)
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        self.calls.append("power")
+        return int((self.busy_w if self.busy else self.idle_w) * 1000)
+
+
+def _window(fake: FakeNvml, **kw) -> dict:
+    def work(_):
+        fake.set_busy(True)
+        time.sleep(0.002)
+
+    try:
+        return measure_window(work, None, batch=8, window_s=0.3, device="cuda", idle_s=0.15,
+                              gpu_min_window_s=0.3, sample_interval_s=0.005, rapl_root="/nonexistent", **kw)
+    finally:
+        fake.set_busy(False)
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch):
+    fake = FakeNvml()
+    monkeypatch.setattr(trackers, "load_nvml", lambda: (fake, None))
+    return fake
+
+
+def test_gpu_energy_counter_path_subtracts_idle(fake_nvml):
+    f = _window(fake_nvml)
+    assert "counter" in f["energy_gpu_method"] and "idle" in f["energy_gpu_method"]
+    assert f["energy_gpu_device"] == "Fake GPU"
+    assert f["energy_gpu_idle_w"] == pytest.approx(50.0, rel=0.02)
+    assert f["energy_gpu_avg_w"] == pytest.approx(150.0, rel=0.05)
+    assert f["energy_gpu_peak_w"] == pytest.approx(150.0)
+    window = f["energy_gpu_window_s"]
+    assert window >= 0.3
+    # net = gross - idle x window: only the 100 W the workload added counts
+    assert f["energy_gpu_net_j"] == pytest.approx(f["energy_gpu_j"] - f["energy_gpu_idle_w"] * window, rel=1e-3)
+    assert f["energy_gpu_j_per_image"] == pytest.approx(100.0 * window / f["energy_images"], rel=0.05)
+    assert f["energy_images"] == 8 * f["energy_calls"]
+
+
+def test_gpu_energy_power_sampling_path(monkeypatch):
+    fake = FakeNvml(counter=False)
+    monkeypatch.setattr(trackers, "load_nvml", lambda: (fake, None))
+    f = _window(fake)
+    assert "power usage" in f["energy_gpu_method"] and "sampled" in f["energy_gpu_method"]
+    assert "energy" not in fake.calls[1:]  # probed once, then never used
+    assert f["energy_gpu_idle_w"] == pytest.approx(50.0)
+    # the first sample may still see the idle board: sampled means are a little loose
+    assert f["energy_gpu_avg_w"] == pytest.approx(150.0, rel=0.1)
+    assert f["energy_gpu_peak_w"] == pytest.approx(150.0)
+    window = f["energy_gpu_window_s"]
+    assert f["energy_gpu_j_per_image"] == pytest.approx(100.0 * window / f["energy_images"], rel=0.2)
+    # without subtracting idle it would be 150 W, 50 % off
+    assert f["energy_gpu_j_per_image"] < 130.0 * window / f["energy_images"]
+
+
+def test_gpu_energy_below_idle_is_not_reported_as_a_number(monkeypatch):
+    fake = FakeNvml(idle_w=80.0, busy_w=80.0)  # the workload adds nothing measurable
+    monkeypatch.setattr(trackers, "load_nvml", lambda: (fake, None))
+    f = _window(fake)
+    v = f["energy_gpu_j_per_image"]
+    assert isinstance(v, str) and v.startswith("unavailable")
+
+
+def test_gpu_energy_without_nvml_says_why(monkeypatch):
+    monkeypatch.setattr(trackers, "load_nvml", lambda: (None, "pynvml (nvidia-ml-py) is not installed (test)"))
+    f = _window(FakeNvml())
+    for k in ("energy_gpu_j_per_image", "energy_gpu_avg_w", "energy_gpu_peak_w", "energy_gpu_method"):
+        assert f[k] == "unavailable: pynvml (nvidia-ml-py) is not installed (test)"
+    assert f["energy_calls"] > 0  # the window still ran (memory is measured)
+
+
+def test_load_nvml_when_the_module_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
+    nvml, reason = trackers.load_nvml()
+    assert nvml is None and "not installed" in reason
+    g = GpuEnergy()
+    assert not g.available
+    assert g.fields(10)["energy_gpu_j_per_image"].startswith("unavailable: pynvml")
+
+
+def test_load_nvml_when_the_driver_is_missing(monkeypatch):
+    class NoDriver:
+        @staticmethod
+        def nvmlInit():
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    monkeypatch.setitem(sys.modules, "pynvml", NoDriver)
+    nvml, reason = trackers.load_nvml()
+    assert nvml is None and "NVML Shared Library Not Found" in reason
+
+
+def test_gpu_without_energy_or_power_support(monkeypatch):
+    class Neither(FakeNvml):
+        def nvmlDeviceGetPowerUsage(self, h):
+            raise self.NVMLError("Not Supported")
+
+    g = GpuEnergy(nvml=Neither(counter=False))
+    assert not g.available and "neither total energy nor power" in g.reason
+
+
+def test_trackers_synchronise_on_both_sides(fake_nvml):
+    log: list[str] = []
+
+    def work(_):
+        fake_nvml.set_busy(True)
+        log.append("call")
+
+    measure_window(work, None, batch=1, window_s=0.05, device="cuda", sync=lambda: log.append("sync"),
+                   idle_s=0.01, gpu_min_window_s=0.05, sample_interval_s=0.005, rapl_root="/nonexistent")
+    first, last = log.index("call"), len(log) - 1 - log[::-1].index("call")
+    assert "sync" in log[:first]  # before the window starts
+    assert log[last + 1:].count("sync") >= 2  # memory and energy trackers both sync after it
+
+
+# -- RAPL ----------------------------------------------------------------------------------
+def _zone(root: Path, name: str, uj: int, max_uj: int | None = 1_000_000, label: str = "package-0") -> Path:
+    z = root / name
+    z.mkdir(parents=True)
+    (z / "energy_uj").write_text(f"{uj}\n")
+    if max_uj is not None:
+        (z / "max_energy_range_uj").write_text(f"{max_uj}\n")
+    (z / "name").write_text(label + "\n")
+    return z
+
+
+def test_rapl_absent_or_empty(tmp_path):
+    assert RaplEnergy(root=tmp_path / "missing").reason.startswith("no powercap interface")
+    r = RaplEnergy(root=tmp_path)
+    assert not r.available and "no RAPL package zone" in r.reason
+    f = r.fields(10)
+    assert f["energy_cpu_j_per_image"].startswith("unavailable: ") and f["energy_cpu_method"] == f["energy_cpu_j_per_image"]
+
+
+def test_rapl_unreadable(tmp_path, monkeypatch):
+    z = _zone(tmp_path, "intel-rapl:0", 5)
+    real_read = Path.read_text
+
+    def deny(self, *a, **kw):
+        if self.name == "energy_uj":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "read_text", deny)
+    r = RaplEnergy(root=tmp_path)
+    assert not r.available
+    assert "PermissionError" in r.reason and "root" in r.reason
+    f = measure_window(lambda _: None, None, batch=1, window_s=0.02, rapl_root=tmp_path)
+    assert f["energy_cpu_j_per_image"].startswith("unavailable: RAPL counter not readable")
+    assert "energy_gpu_method" not in f  # CPU backend: no GPU fields at all
+    assert z.exists()
+
+
+def test_rapl_missing_counter_file(tmp_path):
+    (tmp_path / "intel-rapl:0").mkdir()
+    r = RaplEnergy(root=tmp_path)
+    assert not r.available and "not readable" in r.reason
+
+
+def test_rapl_readable_with_wraparound_and_idle(tmp_path):
+    pkg = _zone(tmp_path, "intel-rapl:0", 100_000)
+    sub = _zone(tmp_path, "intel-rapl:0:0", 0, label="core")  # inside the package: must not count twice
+    pkg1 = _zone(tmp_path, "intel-rapl:1", 10_000, label="package-1")
+    r = RaplEnergy(root=tmp_path)
+    assert r.available and r.zones == [pkg, pkg1]
+
+    r.start_idle()
+    (pkg / "energy_uj").write_text("150000\n")  # +0.05 J
+    (pkg1 / "energy_uj").write_text("20000\n")  # +0.01 J
+    time.sleep(0.1)
+    r.stop_idle()
+    assert r.idle_w == pytest.approx(0.06 / r.idle_s)
+
+    (pkg / "energy_uj").write_text("950000\n")
+    with r:
+        (pkg / "energy_uj").write_text("250000\n")  # wrapped: 950000 -> 1000000 -> 250000 = 0.3 J
+        (pkg1 / "energy_uj").write_text("520000\n")  # +0.5 J
+        (sub / "energy_uj").write_text("999999\n")
+        time.sleep(0.05)
+    f = r.fields(images=100)
+    assert f["energy_cpu_j"] == pytest.approx(0.8)
+    assert r.wraps == 1
+    window = r._t1 - r._t0
+    assert f["energy_cpu_net_j"] == pytest.approx(0.8 - r.idle_w * window)
+    assert f["energy_cpu_j_per_image"] == pytest.approx((0.8 - r.idle_w * window) / 100)
+    assert f["energy_cpu_avg_w"] == pytest.approx(0.8 / window)
+    assert "package-0" in f["energy_cpu_method"] and "wraparound" in f["energy_cpu_method"]
+
+
+def test_rapl_wrap_without_range_is_unavailable(tmp_path):
+    z = _zone(tmp_path, "intel-rapl:0", 900, max_uj=None)
+    r = RaplEnergy(root=tmp_path)
+    r.start_idle()
+    r.stop_idle()
+    with r:
+        (z / "energy_uj").write_text("100\n")
+    assert r.fields(1)["energy_cpu_j_per_image"].startswith("unavailable: counter wrapped")
+
+
+# -- memory and the window -------------------------------------------------------------------
+def test_memory_tracker_sees_peak_rss_growth():
+    def work(_):
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, written, held while the sampler looks
+        time.sleep(0.03)
+        del block
+
+    with MemoryTracker(interval_s=0.002) as m:
+        work(None)
+    f = m.fields(1)
+    assert f["mem_rss_peak_growth_bytes"] >= 32 * 2**20
+    assert f["mem_rss_samples"] >= 2 and "psutil" in f["mem_method"]
+    assert "mem_cuda_max_allocated_bytes" not in f
+
+
+def test_window_runs_at_least_its_length_and_reports(tmp_path):
+    calls = []
+    f = measure_window(lambda x: calls.append(x), 7, batch=4, window_s=0.1, rapl_root=tmp_path)
+    assert f["energy_calls"] == len(calls) > 0 and set(calls) == {7}
+    assert f["energy_window_s"] >= 0.1 and f["energy_images"] == 4 * len(calls)
+    assert "after the latency timing" in f["energy_window_method"]
+    assert f["energy_cpu_j_per_image"].startswith("unavailable")
+    assert isinstance(f["mem_rss_peak_growth_bytes"], int)
+
+
+def test_window_zero_disables():
+    f = measure_window(lambda _: pytest.fail("must not run"), None, batch=1, window_s=0, device="cuda")
+    assert f["energy_window_method"] == "unavailable: disabled (--sb-energy-window 0)"
+    assert f["energy_gpu_j_per_image"].startswith("unavailable") and f["energy_cpu_j_per_image"].startswith("unavailable")
+    assert all(v != 0 for v in f.values())
+
+
+def test_gpu_is_found_by_uuid_else_by_index():
+    class ByIndexOnly(FakeNvml):
+        def nvmlDeviceGetHandleByUUID(self, uuid):
+            raise self.NVMLError("Not Found")
+
+    assert GpuEnergy(device_index="GPU-1234", nvml=FakeNvml()).handle == "GPU-1234"
+    assert GpuEnergy(device_index="GPU-1234", nvml=ByIndexOnly()).handle == "handle0"
