@@ -33,6 +33,7 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
     schedule: str = "onecycle"  # constant | cosine | onecycle
+    pct_start: float = 0.25  # onecycle: share of steps spent warming up
     label_smoothing: float = 0.0
     augment: bool = False  # random 4-px-padded crop + horizontal flip (natural images)
     seed: int = 0
@@ -100,7 +101,7 @@ def fit(
     total = max(1, steps_per_epoch * cfg.epochs)
     opt = _optimizer(model, cfg)
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start)
     elif cfg.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     else:
