@@ -71,8 +71,10 @@ def register_profile(p: Profile) -> Profile:
 
 
 register_profile(Profile(
-    "quick", "CI: both LeNets on MNIST, fp32, every backend, batch 1 and 256",
+    "quick", "CI gate: both LeNets on MNIST; fp32, int8-static, prune90+int8-static, kd-t4; every "
+             "backend; batch 1 and 256",
     pairs=tuple((m, "mnist") for m in LENETS),
+    variants=("fp32", "int8-static", "prune90+int8-static", "kd-t4"),
 ))
 register_profile(Profile(
     "default", "make bench: both LeNets on MNIST and CIFAR-10, fp32, every backend, batch 1 and 256",
@@ -83,6 +85,28 @@ register_profile(Profile(
     pairs=tuple((m, d) for d in ("mnist", "cifar10") for m in LENETS) + (("resnet20", "cifar10"),),
     batches=(1, 64, 256, 1024),
 ))
+
+
+def _paper_profile() -> Profile:
+    from squeezebench.paper import paper_variants
+
+    variants, models = paper_variants()
+    return Profile(
+        "paper",
+        "the study's Tables 1-18 (and its temperature figure, future-work chains and compact-size "
+        "target) on our hardware: both LeNets on MNIST and CIFAR-10, torch-cpu and onnxruntime, batch 1 "
+        "and 256; rows per table in squeezebench.paper.PAPER_TABLES. Fine-tuning is 1-4 epochs per "
+        "pruning round and students train their own recipe's epochs, so a cold run fits about 45 min "
+        "on 2 cores; --sb-backends torch-cpu,onnxruntime,openvino adds OpenVINO (about +15 min)",
+        pairs=tuple((m, d) for d in ("mnist", "cifar10") for m in LENETS),
+        variants=variants,
+        backends=("torch-cpu", "onnxruntime"),
+        batches=(1, 256),
+        variant_models={v: ms for v, ms in models.items() if set(ms) != set(LENETS)},
+    )
+
+
+register_profile(_paper_profile())
 
 
 def get_profile(name: str) -> Profile:

@@ -61,6 +61,7 @@ def build_extra_info(
     case: Case, variant: Variant, artifact: Artifact, session: Session, evaluation: Evaluation,
     static: dict, floor: float, round_times_s: list[float] | None, extra: dict | None = None,
 ) -> dict:
+    runtime = session.facts()
     info = {
         "schema": SCHEMA_VERSION,
         "model": case.model,
@@ -82,7 +83,9 @@ def build_extra_info(
         "device": session.device_name,
         "chain": variant.chain,
         "nonzero_per_layer": _layers(variant),
-        "runtime": session.facts(),
+        "runtime": runtime,
+        # Top level so reports can filter on it: did int8 kernels really run (None: not int8)?
+        "int8_kernels": runtime.get("int8_kernels"),
     }
     info.update({k: v for k, v in variant.facts.items() if k != "artifact_meta"})
     info.update(extra or {})

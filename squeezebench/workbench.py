@@ -243,7 +243,9 @@ class Workbench:
                 # record), compressed_bytes (model.sqz, see squeezebench.encoding), nonzero_params.
                 "compressed_bytes": packed.nbytes,
                 "compressed_encoding": encoding.describe(packed.main.read_bytes())["label"],
-                "bits_per_weight": packed.nbytes * 8 / params if params else None}
+                # Not `bits_per_weight`: precision/quantize set that to the nominal storage
+                # precision (16, 8), which reports multiply by nonzero_params.
+                "compressed_bits_per_weight": packed.nbytes * 8 / params if params else None}
 
 
 def guardrail_floor(wb: Workbench, v: Variant) -> tuple[float, str]:

@@ -21,7 +21,7 @@ def test_bench_run_saves_complete_records(tmp_path, shared_data, pytestconfig):
         env["SQUEEZEBENCH_CACHE_DIR"] = str(cache)
     storage = tmp_path / "storage"
     cmd = [sys.executable, "-m", "pytest", "bench/", "-p", "no:cacheprovider", "--sb-profile", "quick",
-           "-k", "lenet300_100", "--sb-backends", "torch-cpu,torch-cuda,onnxruntime,openvino",
+           "-k", "lenet300_100", "--sb-variants", "fp32", "--sb-backends", "torch-cpu,torch-cuda,onnxruntime,openvino",
            "--benchmark-autosave", f"--benchmark-storage=file://{storage}",
            "--benchmark-max-time=0.05", "--benchmark-min-rounds=20", "--sb-warmup-time=0.02",
            "--sb-min-time=0", "--sb-energy-window=0.1"]

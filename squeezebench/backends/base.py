@@ -5,6 +5,7 @@ exporting to that format is the job of :mod:`squeezebench.artifacts`.
 """
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,9 @@ class Session(ABC):
 
     device_name: str = "unknown"
     threads: int | None = None
+    # What the artifact asked for (its meta "quantization", e.g. "int8-static"); the session's
+    # facts say whether int8 kernels really run for it (see ``int8_facts``).
+    requested_quantization: str | None = None
 
     @abstractmethod
     def prepare(self, x: torch.Tensor) -> Any:
@@ -59,6 +63,19 @@ class Session(ABC):
     def facts(self) -> dict:
         """Runtime facts worth recording (kernels, precisions...)."""
         return {}
+
+
+def int8_facts(backend: str, requested: str | None, int8: bool, evidence: dict) -> dict:
+    """``int8_kernels`` plus the runtime's evidence; when int8 was requested but the runtime runs
+    float kernels, an ``int8_note`` saying so (and a warning), never silence."""
+    out = {"int8_kernels": bool(int8), **evidence}
+    if requested:
+        out["int8_requested"] = requested
+        if not int8:
+            out["int8_note"] = (f"{requested} was requested but {backend} runs float kernels for it "
+                                "(see the evidence beside this note)")
+            warnings.warn(out["int8_note"], RuntimeWarning, stacklevel=2)
+    return out
 
 
 class Backend(ABC):

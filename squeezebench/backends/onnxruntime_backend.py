@@ -7,8 +7,22 @@ from collections import Counter
 import numpy as np
 import torch
 
-from squeezebench.backends.base import Artifact, Backend, BackendUnavailable, Session, register_backend
+from squeezebench.backends.base import Artifact, Backend, BackendUnavailable, Session, int8_facts, register_backend
 from squeezebench.machine import cpu_model_name
+
+# Ops of ORT's optimized graph that compute on integer data (int8/uint8 in, int32 accumulate).
+# QuantizeLinear/DequantizeLinear/DynamicQuantizeLinear only convert: alone they mean float compute.
+INT8_COMPUTE_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat", "QAttention", "DynamicQuantizeLSTM", "QLinearAdd", "QLinearMul",
+    "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat", "QLinearLeakyRelu",
+    "QLinearSigmoid", "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere",
+})
+INT8_CONVERT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+# Which input of a compute op holds its weight (default 1: Conv, Gemm, MatMul, *Integer).
+_WEIGHT_INPUT = {"QLinearConv": 3, "QGemm": 3, "QLinearMatMul": 3}
+FLOAT_COMPUTE_OPS = frozenset({"Conv", "FusedConv", "NchwcConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul",
+                               "ConvTranspose"})
 
 
 class OrtSession(Session):
@@ -37,9 +51,22 @@ class OrtSession(Session):
         if not self._optimized_path:
             return {}
         import onnx
+        from onnx import helper
 
         g = onnx.load(self._optimized_path, load_external_data=False).graph
-        return {"runtime_ops": dict(sorted(Counter(n.op_type for n in g.node).items()))}
+        ops = Counter(n.op_type for n in g.node)
+        # Element type of each compute op's weight (an initializer): what the kernel computes in
+        # (an fp16 model on an x86 CPU EP shows float32: ORT inserted Casts and upcast it).
+        init_type = {t.name: helper.tensor_dtype_to_np_dtype(t.data_type).name for t in g.initializer}
+        compute = Counter(
+            f"{n.op_type}:{init_type.get(n.input[_WEIGHT_INPUT.get(n.op_type, 1)], 'activation')}" for n in g.node
+            if (n.op_type in INT8_COMPUTE_OPS or n.op_type in FLOAT_COMPUTE_OPS)
+            and len(n.input) > _WEIGHT_INPUT.get(n.op_type, 1))
+        int8_ops = {op: c for op, c in sorted(ops.items()) if op in INT8_COMPUTE_OPS or op in INT8_CONVERT_OPS}
+        evidence = {"runtime_ops": dict(sorted(ops.items())), "compute_precisions": dict(sorted(compute.items())),
+                    "int8_ops": int8_ops, "input_type": self.sess.get_inputs()[0].type}
+        return int8_facts("onnxruntime", self.requested_quantization,
+                          any(op in INT8_COMPUTE_OPS for op in ops), evidence)
 
 
 @register_backend
@@ -67,5 +94,10 @@ class OnnxRuntimeCPU(Backend):
         # Keep the optimised graph beside the artifact so the ops that really run can be read.
         opt_path = str(artifact.main.with_suffix(".ort-optimized.onnx"))
         so.optimized_model_filepath = opt_path
-        sess = ort.InferenceSession(str(artifact.main), sess_options=so, providers=["CPUExecutionProvider"])
-        return OrtSession(sess, self.threads, opt_path)
+        try:
+            sess = ort.InferenceSession(str(artifact.main), sess_options=so, providers=["CPUExecutionProvider"])
+        except ort.capi.onnxruntime_pybind11_state.NotImplemented as e:  # no CPU kernel for an op/type
+            raise BackendUnavailable(f"onnxruntime's CPU execution provider cannot run this artifact: {e}") from None
+        session = OrtSession(sess, self.threads, opt_path)
+        session.requested_quantization = artifact.meta.get("quantization")
+        return session

@@ -7,7 +7,15 @@ from collections import Counter
 import numpy as np
 import torch
 
-from squeezebench.backends.base import Artifact, Backend, BackendUnavailable, Session, register_backend
+from squeezebench.backends.base import Artifact, Backend, BackendUnavailable, Session, int8_facts, register_backend
+
+# Executed layer types that multiply-accumulate; int8 when their activation input is u8/i8
+# (a weight-compressed layer shows runtimePrecision i8 but takes f32 activations into an f32 kernel).
+COMPUTE_LAYERS = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm"})
+
+
+def _type_name(t) -> str:
+    return t.get_type_name() if hasattr(t, "get_type_name") else str(t)
 
 
 class OpenVINOSession(Session):
@@ -34,7 +42,8 @@ class OpenVINOSession(Session):
         return self._compiled[shape][1]
 
     def prepare(self, x: torch.Tensor):
-        arr = np.ascontiguousarray(x.numpy().astype(np.float32, copy=False))
+        dtype = self.model.inputs[0].get_element_type().to_dtype()  # f32 unless the IR says otherwise
+        arr = np.ascontiguousarray(x.numpy().astype(dtype, copy=False))
         return self._request(arr.shape), arr
 
     def run(self, prepared) -> np.ndarray:
@@ -51,12 +60,24 @@ class OpenVINOSession(Session):
             return {}
         compiled = next(iter(self._compiled.values()))[0]
         prec: Counter = Counter()
+        compute: Counter = Counter()
+        int8 = False
         for op in compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
             if "runtimePrecision" in info and "layerType" in info:
-                prec[f"{info['layerType'].astype(str)}:{info['runtimePrecision'].astype(str)}"] += 1
-        return {"runtime_precisions": dict(sorted(prec.items())),
-                "inference_precision_hint": self.precision_hint}
+                layer = info["layerType"].astype(str)
+                prec[f"{layer}:{info['runtimePrecision'].astype(str)}"] += 1
+                if layer in COMPUTE_LAYERS and op.get_input_size():
+                    act = op.input(0).get_element_type().get_type_name()
+                    kernel = info["primitiveType"].astype(str) if "primitiveType" in info else "?"
+                    compute[f"{layer}:{act}:{kernel}"] += 1
+                    int8 = int8 or act in ("u8", "i8")
+        evidence = {"runtime_precisions": dict(sorted(prec.items())),
+                    "compute_layers": dict(sorted(compute.items())),  # layer:activation type:kernel
+                    "inference_precision_hint": self.precision_hint,
+                    # What the plugin settled on: a CPU without native f16/bf16 runs f32.
+                    "inference_precision_effective": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))}
+        return int8_facts("openvino", self.requested_quantization, int8, evidence)
 
 
 @register_backend
@@ -79,4 +100,11 @@ class OpenVINOCPU(Backend):
         core = ov.Core()
         model = core.read_model(str(artifact.main))
         hint = artifact.meta.get("inference_precision", "f32")
-        return OpenVINOSession(core, model, self.threads, hint)
+        caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if hint == "bf16" and "BF16" not in caps:
+            # The bf16 IR holds f32 weights; without BF16 the plugin would run plain f32.
+            raise BackendUnavailable(f"this CPU has no bf16 support in OpenVINO (OPTIMIZATION_CAPABILITIES: "
+                                     f"{', '.join(caps)}): a bf16 record would be an f32 run")
+        session = OpenVINOSession(core, model, self.threads, hint)
+        session.requested_quantization = artifact.meta.get("quantization")
+        return session

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import torch
 
-from squeezebench.backends.base import Artifact, Backend, BackendUnavailable, Session, register_backend
+from squeezebench.backends.base import Artifact, Backend, BackendUnavailable, Session, int8_facts, register_backend
 from squeezebench.machine import cpu_model_name
 
 
@@ -15,7 +16,16 @@ def load_torch_model(artifact: Artifact) -> torch.nn.Module:
 
     arch = json.loads((artifact.main.parent / "arch.json").read_text())
     model = create_model(arch["model"], tuple(arch["in_shape"]), arch["num_classes"], **arch.get("kwargs", {}))
-    state = torch.load(artifact.main, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():
+        if "quant" in arch:  # torch's own unpickling of quantized tensors uses the deprecated TypedStorage
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        state = torch.load(artifact.main, map_location="cpu", weights_only=True)
+    if "quant" in arch:  # an int8 state_dict: rebuild the quantized structure it belongs to
+        from squeezebench.compression.quantize import torch_int8_skeleton
+
+        model = torch_int8_skeleton(model, arch["quant"], tuple(arch["in_shape"]))
+        model.load_state_dict(state, strict=True)
+        return model.eval()
     model.load_state_dict(state, strict=True)
     dtype = getattr(torch, arch.get("dtype", "float32"))
     return model.to(dtype).eval()
@@ -27,7 +37,8 @@ class TorchSession(Session):
         self.device = device
         self.threads = threads
         self.device_name = device_name
-        self.dtype = next(model.parameters()).dtype
+        # A converted int8 module may have no float parameters at all: it takes float32 input.
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self._sync = torch.cuda.synchronize if device.type == "cuda" else None
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,6 +54,28 @@ class TorchSession(Session):
     def to_numpy(self, out: torch.Tensor) -> np.ndarray:
         return out.float().cpu().numpy()
 
+    def facts(self) -> dict:
+        """Which compute modules run int8 kernels (torch.ao quantized modules) and which float."""
+        from collections import Counter
+
+        with warnings.catch_warnings():  # torch.ao's deprecation notices
+            warnings.simplefilter("ignore")
+            from torch.ao.nn.quantized.modules.utils import WeightedQuantizedModule
+
+        compute: Counter = Counter()
+        int8 = False
+        for m in self.model.modules():
+            if isinstance(m, WeightedQuantizedModule):
+                int8 = True
+                dynamic = ".dynamic." in type(m).__module__  # activations quantized per batch at run time
+                compute[f"{type(m).__name__}:int8{'-dynamic' if dynamic else ''}"] += 1
+            elif isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+                compute[f"{type(m).__name__}:{str(m.weight.dtype).replace('torch.', '')}"] += 1
+        evidence = {"compute_modules": dict(sorted(compute.items())), "input_dtype": str(self.dtype).replace("torch.", "")}
+        if int8:
+            evidence["quantized_engine"] = torch.backends.quantized.engine
+        return int8_facts(f"torch on {self.device.type}", self.requested_quantization, int8, evidence)
+
 
 @register_backend
 class TorchCPU(Backend):
@@ -52,7 +85,9 @@ class TorchCPU(Backend):
     def load(self, artifact: Artifact) -> Session:
         # torch's intra-op pool is process-wide; the session pins it to the requested count.
         torch.set_num_threads(self.threads)
-        return TorchSession(load_torch_model(artifact), torch.device("cpu"), self.threads, cpu_model_name())
+        session = TorchSession(load_torch_model(artifact), torch.device("cpu"), self.threads, cpu_model_name())
+        session.requested_quantization = artifact.meta.get("quantization")
+        return session
 
 
 @register_backend
@@ -72,4 +107,6 @@ class TorchCUDA(Backend):
         if reason:
             raise BackendUnavailable(reason)
         dev = torch.device("cuda")
-        return TorchSession(load_torch_model(artifact), dev, None, torch.cuda.get_device_name(dev))
+        session = TorchSession(load_torch_model(artifact), dev, None, torch.cuda.get_device_name(dev))
+        session.requested_quantization = artifact.meta.get("quantization")
+        return session

@@ -179,7 +179,11 @@ def apply_chain(state: ChainState, chain: list[CompressionConfig]) -> ChainState
             raise ConfigError(f"no handler registered for {type(cfg).__name__}")
         state = handler(cfg, state)
         state.chain.append(cfg.as_dict())
-        state.key = {"after": state.key, "step": cfg.as_dict()}
+        from squeezebench.workbench import source_hash
+
+        # The handler's code is part of what the variant is: a changed handler must not be
+        # served a stale artifact.
+        state.key = {"after": state.key, "step": cfg.as_dict(), "code": source_hash(type(cfg))}
         state.allowed_drop_pp = max(state.allowed_drop_pp, cfg.drop())
     return state
 

@@ -1,0 +1,43 @@
+"""The `paper` profile regenerates the study's Tables 1-18 and stays within its own matrix."""
+import pytest
+
+from squeezebench.compression import ConfigError, parse_variant_id
+from squeezebench.paper import EXTRAS, PAPER_TABLES, paper_variants
+from squeezebench.profiles import LENETS, get_profile
+
+
+def test_every_study_table_is_mapped():
+    assert sorted(PAPER_TABLES) == list(range(1, 19))
+    for t in PAPER_TABLES.values():
+        assert t.rows() and t.fields
+
+
+def test_paper_profile_runs_exactly_the_tables_rows():
+    p = get_profile("paper")
+    assert set(p.pairs) == {(m, d) for m in LENETS for d in ("mnist", "cifar10")}
+    assert "torch-cuda" not in p.backends and p.batches == (1, 256)
+    cases = {(c.model, c.dataset, c.variant) for c in p.cases()}
+    needed = {r for t in (*PAPER_TABLES.values(), *EXTRAS.values()) for r in t.rows()}
+    assert needed <= cases
+    # variant_models only ever narrows to the models a table uses
+    variants, models = paper_variants()
+    assert set(p.variants) == set(variants)
+    for v, ms in p.variant_models.items():
+        assert set(ms) < set(LENETS) and set(ms) == set(models[v])
+
+
+def test_every_paper_variant_parses():
+    pytest.importorskip("squeezebench.compression.quantize")
+    import squeezebench.compression.quantize  # noqa: F401  (registers int8 tokens)
+
+    for v in get_profile("paper").variants:
+        try:
+            parse_variant_id(v)
+        except ConfigError as e:  # pragma: no cover - the message is the point
+            pytest.fail(f"{v}: {e}")
+
+
+def test_paper_profile_leaves_the_others_alone():
+    paper_only = set(get_profile("paper").variants) - {"fp32", "int8-static", "kd-t4", "prune90+int8-static"}
+    for name in ("quick", "default"):
+        assert not paper_only & set(get_profile(name).variants)

@@ -1,0 +1,226 @@
+"""int8 quantization (static, dynamic, QAT) per runtime, on a tiny LeNet-5 and synthetic data.
+
+Each test checks what the runtime reports it runs (ORT's optimized graph, OpenVINO's executed
+primitives, torch's module types), not what we asked for."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from squeezebench.backends import Artifact, BackendUnavailable
+from squeezebench.backends.base import int8_facts
+from squeezebench.compression import ConfigError, parse_variant_id, variant_id
+from squeezebench.compression.quantize import PARITY_MIN, QuantizeConfig
+from squeezebench.settings import resolve_settings
+from squeezebench.workbench import Workbench
+
+MODEL, DATA = "lenet5", "tiny"
+
+
+@pytest.fixture(scope="module")
+def wb(tmp_path_factory):
+    from conftest import make_tiny_dataset
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("quant")
+    w = Workbench(resolve_settings(data_dir=root / "data", cache_dir=root / "cache", threads=1))
+    w._datasets[DATA] = make_tiny_dataset()
+    return w
+
+
+def _ops(session) -> dict:
+    return session.facts()["runtime_ops"]
+
+
+def _check_accuracy(wb, v, backend):
+    base = wb.evaluate(wb.baseline(MODEL, DATA), "torch-cpu").top1
+    e = wb.evaluate(v, backend)
+    assert e.top1 >= base - v.facts["allowed_drop_pp"], (backend, e.top1, base)
+    assert e.parity_agreement >= v.facts["parity_min"] == PARITY_MIN[v.facts["quantization"]["method"]], (
+        backend, e.parity_agreement)
+
+
+# -- configuration -----------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,fix", [
+    ({"method": "int4"}, "method='static'"),
+    ({"calibration_images": 0}, "calibration_images=512"),
+    ({"calibration_images": 2.5}, "calibration_images=512"),
+    ({"method": "qat", "qat_epochs": 0}, "method='static'"),
+    ({"method": "dynamic", "calibration_images": 100}, "use method='static'"),
+    ({"method": "qat", "calibration_images": 100}, "use method='static'"),
+    ({"method": "static", "qat_epochs": 3}, "int8-qat-e3"),
+    ({"per_channel": "yes"}, "True or False"),
+    ({"allowed_drop_pp": -1.0}, "allowed_drop_pp=0.5"),
+])
+def test_bad_configs_name_the_fix(kwargs, fix):
+    with pytest.raises(ConfigError, match=fix):
+        QuantizeConfig(**kwargs)
+
+
+@pytest.mark.parametrize("token,method,cal,per_channel,epochs", [
+    ("int8-static", "static", 512, True, 2), ("int8-dynamic", "dynamic", 512, True, 2),
+    ("int8-qat", "qat", 512, True, 2), ("int8-static-cal1024-pt", "static", 1024, False, 2),
+    ("int8-qat-e3", "qat", 512, True, 3), ("int8-dynamic-pt", "dynamic", 512, False, 2),
+])
+def test_tokens_round_trip(token, method, cal, per_channel, epochs):
+    (cfg,) = parse_variant_id(token)
+    assert (cfg.method, cfg.calibration_images, cfg.per_channel, cfg.qat_epochs) == (method, cal, per_channel, epochs)
+    assert variant_id([cfg]) == token
+    assert cfg.drop() == 0.5
+
+
+@pytest.mark.parametrize("vid,fix", [
+    ("int8-statc", "int8-static-cal1024"),  # a typo is an error with the grammar, not "unknown token"
+    ("int8-dynamic-cal64", "method='static'"),
+    ("int8-static+fp16", "move it to the end"),
+])
+def test_bad_variant_ids(vid, fix):
+    with pytest.raises(ConfigError, match=fix):
+        parse_variant_id(vid)
+
+
+def test_int8_requested_but_float_is_said():
+    with pytest.warns(RuntimeWarning, match="runs float kernels"):
+        f = int8_facts("onnxruntime", "int8-static", False, {"runtime_ops": {"Gemm": 1}})
+    assert f["int8_kernels"] is False and "int8-static" in f["int8_note"]
+    assert int8_facts("onnxruntime", None, False, {}) == {"int8_kernels": False}
+
+
+def test_ort_reports_float_kernels_for_a_float_artifact_labelled_int8(wb, tmp_path):
+    """The detector reads the graph ORT runs: a float ONNX under an int8 label is reported float."""
+    pytest.importorskip("onnxruntime")
+    from squeezebench import artifacts as art
+    from squeezebench.backends.onnxruntime_backend import OnnxRuntimeCPU
+
+    main = tmp_path / art.write_onnx(wb.baseline(MODEL, DATA).model, (1, 16, 16), tmp_path)
+    s = OnnxRuntimeCPU(1).load(Artifact("onnx", main, (main,), meta={"quantization": "int8-static"}))
+    s.predict(torch.zeros(2, 1, 16, 16))
+    with pytest.warns(RuntimeWarning):
+        f = s.facts()
+    assert f["int8_kernels"] is False and f["int8_requested"] == "int8-static" and "int8_note" in f
+
+
+# -- static ------------------------------------------------------------------------------------
+def test_static_int8_runs_int8_kernels_everywhere(wb):
+    pytest.importorskip("onnxruntime")
+    v = wb.variant(MODEL, DATA, "int8-static")
+    assert v.facts["bits_per_weight"] == 8 and v.facts["quantization"]["method"] == "static"
+    assert v.facts["quantization"]["calibration_images"] == 256  # the tiny train split is smaller than 512
+    assert "torch-cuda" in v.unsupported
+
+    ort = wb.session(v, "onnxruntime")
+    ops = _ops(ort)
+    assert ops.get("QLinearConv", 0) == 2 and ops.get("QGemm", 0) == 3, ops
+    assert ort.facts()["int8_kernels"] is True
+    _check_accuracy(wb, v, "onnxruntime")
+    fp32_onnx = wb.artifact(wb.baseline(MODEL, DATA), "onnx").nbytes
+    assert wb.artifact(v, "onnx").nbytes < 0.5 * fp32_onnx
+
+    tc = wb.session(v, "torch-cpu")
+    f = tc.facts()
+    assert f["int8_kernels"] is True and f["compute_modules"] == {"ConvReLU2d:int8": 2, "Linear:int8": 1,
+                                                                  "LinearReLU:int8": 2}
+    _check_accuracy(wb, v, "torch-cpu")
+    # The torch artifact reloads into int8 modules whose weights are exactly state.qweights.
+    for name, q in v.qweights.items():
+        w = getattr(tc.model, name.split(".")[0]).weight()
+        assert np.array_equal(w.int_repr().numpy(), q["values"]), name
+        assert np.allclose(w.q_per_channel_scales().numpy(), q["scale"]) and q["axis"] == 0
+        assert q["values"].dtype == np.int8 and not q["zero_point"].any()  # symmetric
+    assert set(v.qweights) == {f"{m}.weight" for m in ("conv1", "conv2", "fc1", "fc2", "fc3")}
+
+
+def test_static_int8_on_openvino_runs_int8_primitives(wb):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    v = wb.variant(MODEL, DATA, "int8-static")
+    s = wb.session(v, "openvino")
+    s.predict(torch.zeros(1, 1, 16, 16))
+    f = s.facts()
+    assert f["int8_kernels"] is True
+    layers = f["compute_layers"]
+    assert sum(c for k, c in layers.items() if k.split(":")[1] in ("u8", "i8")) == 5, layers
+    assert wb.artifact(v, "openvino").main.suffix == ".xml"
+    _check_accuracy(wb, v, "openvino")
+
+
+def test_per_tensor_static(wb):
+    pytest.importorskip("onnxruntime")
+    v = wb.variant(MODEL, DATA, "int8-static-cal64-pt")
+    assert v.facts["quantization"]["calibration_images"] == 64
+    assert all(q["axis"] is None and q["scale"].shape == (1,) for q in v.qweights.values())
+    assert wb.session(v, "onnxruntime").facts()["int8_kernels"] is True
+
+
+# -- dynamic -----------------------------------------------------------------------------------
+def test_dynamic_int8(wb):
+    pytest.importorskip("onnxruntime")
+    v = wb.variant(MODEL, DATA, "int8-dynamic")
+    ops = _ops(wb.session(v, "onnxruntime"))
+    assert ops.get("ConvInteger", 0) == 2, ops
+    assert ops.get("MatMulInteger", 0) + ops.get("DynamicQuantizeMatMul", 0) == 3, ops
+    _check_accuracy(wb, v, "onnxruntime")
+    f = wb.session(v, "torch-cpu").facts()
+    assert f["int8_kernels"] is True and f["compute_modules"] == {"Conv2d:float32": 2, "Linear:int8-dynamic": 3}
+    _check_accuracy(wb, v, "torch-cpu")
+    # OpenVINO has no dynamic int8: no artifact, a skip reason, and the session refuses.
+    assert "openvino" not in v.formats and "dynamic" in v.unsupported["openvino"]
+    with pytest.raises(BackendUnavailable, match="no dynamic int8"):
+        wb.session(v, "openvino")
+
+
+# -- quantization-aware training ---------------------------------------------------------------
+def test_qat_exports_qdq_that_runtimes_run_int8(wb):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    v = wb.variant(MODEL, DATA, "int8-qat")
+    assert v.facts["quantization"]["qat"]["epochs"] == 2
+    m = onnx.load(str(wb.artifact(v, "onnx").main))
+    types = [n.op_type for n in m.graph.node]
+    assert types.count("DequantizeLinear") >= 10 and types.count("QuantizeLinear") >= 5, types
+    # Weights are stored as int8 initializers (QuantizeLinear folded), not float + QuantizeLinear.
+    int8_inits = {t.name for t in m.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1}
+    assert len(int8_inits) == 5
+
+    ort = wb.session(v, "onnxruntime")
+    assert ort.facts()["int8_kernels"] is True and _ops(ort).get("QLinearConv", 0) == 2
+    _check_accuracy(wb, v, "onnxruntime")
+    # The reference is the fake-quant model: ORT's int8 graph reproduces it closely.
+    assert wb.evaluate(v, "onnxruntime").parity_agreement >= 0.99
+    assert wb.session(v, "torch-cpu").facts()["int8_kernels"] is True
+    _check_accuracy(wb, v, "torch-cpu")
+
+    # Cached: a second Workbench on the same cache does not train again (fit reports each epoch).
+    said: list[str] = []
+    w2 = Workbench(wb.settings, progress=said.append)
+    w2._datasets[DATA] = wb.dataset(DATA)
+    v2 = w2.variant(MODEL, DATA, "int8-qat")
+    x = wb.dataset(DATA).test_inputs()[:32]
+    assert torch.equal(v2.model(x), v.model(x))
+    assert not [m for m in said if "epoch" in m], said
+
+
+def test_qat_on_openvino_runs_int8(wb):
+    pytest.importorskip("openvino")
+    v = wb.variant(MODEL, DATA, "int8-qat")
+    s = wb.session(v, "openvino")
+    s.predict(torch.zeros(1, 1, 16, 16))
+    assert s.facts()["int8_kernels"] is True
+    _check_accuracy(wb, v, "openvino")
+
+
+def test_weight_folding_keeps_the_numbers(wb, tmp_path):
+    """fold_weight_qdq stores the same int8 values QuantizeLinear would compute at run time."""
+    ort = pytest.importorskip("onnxruntime")
+    from squeezebench import artifacts as art
+
+    v = wb.variant(MODEL, DATA, "int8-qat")
+    art.write_onnx(v.model, (1, 16, 16), tmp_path)  # unfolded: float weights + QuantizeLinear
+    x = {"input": wb.dataset(DATA).test_inputs()[:64].numpy()}
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    run = [ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]).run(None, x)[0]
+           for p in (tmp_path / "model.onnx", wb.artifact(v, "onnx").main)]
+    np.testing.assert_array_equal(run[0], run[1])
