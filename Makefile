@@ -11,7 +11,7 @@ ifneq ($(DATA_DIR),)
 export SQUEEZEBENCH_DATA_DIR := $(DATA_DIR)
 endif
 
-.PHONY: bench test venv report clean-venv
+.PHONY: bench test gate venv report clean-venv
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -25,6 +25,17 @@ bench: venv
 
 test: venv
 	$(BIN)/python -m pytest tests/ $(ARGS)
+
+# CI gate: the quick profile against the committed reference history. Accuracy and sizes are
+# reproducible on CPU; latency is judged as a ratio to the same run's fp32 torch-cpu record
+# (fastest round), with a wide tolerance because CI machines are shared.
+GATE_OUT ?= .ci/out/quick.json
+gate: venv
+	mkdir -p $(dir $(GATE_OUT))
+	$(BIN)/python -m pytest bench/ --sb-profile quick -q -p no:cacheprovider --benchmark-json=$(GATE_OUT) \
+		--sb-min-time 0.5 --sb-energy-window 0.2
+	$(BIN)/python -m reports compare .ci/reference/quick.json $(GATE_OUT) --latency-stat min \
+		--latency-tol 2.0 --size-tol 0.01 --top1-tol 0.5
 
 report: venv
 	$(BIN)/python -m reports markdown

@@ -57,7 +57,7 @@ def test_dense_only_keeps_lenet5_convs(tiny_workbench):
 def test_conv_filters_of_lenet5_shrink_and_reload(tiny_workbench):
     v = tiny_workbench.variant("lenet5", "tiny", "sprune50-conv")
     kw = v.arch["kwargs"]
-    assert kw == {"c1": 3, "c2": 8, "f1": 60, "f2": 42}
+    assert kw == {"c1": 6, "c2": 8, "f1": 60, "f2": 42}  # conv1 keeps its filters
     rebuilt = create_model("lenet5", (1, 16, 16), 4, **kw)
     rebuilt.load_state_dict(v.model.state_dict(), strict=True)
     f = v.facts["structured_prune"]
