@@ -100,8 +100,10 @@ def fit(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = max(1, steps_per_epoch * cfg.epochs)
     opt = _optimizer(model, cfg)
-    if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start)
+    if cfg.schedule == "onecycle" and total >= 4:
+        # OneCycleLR divides by the warm-up length: give it at least one step on tiny runs.
+        pct = min(max(cfg.pct_start, 2.0 / total), 0.5)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
     elif cfg.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     else:

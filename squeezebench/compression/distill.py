@@ -27,10 +27,13 @@ its scratch control) trains for its own recipe's epochs on that dataset
 (:func:`squeezebench.recipes.recipe_for`), kdself for ``SELF_EPOCHS``.
 
 Allowed top-1 drop: into a *smaller architecture* the default is per dataset,
-``STUDENT_ALLOWED_DROP_PP`` (mnist 3 pp, cifar10 20 pp, else 20 pp): a 784-50-10 MLP cannot
-match a convolutional teacher on CIFAR-10 (the study lost 2 pp on MNIST and 14 pp on CIFAR-10
-with 50 epochs). Distilling into the current model (kdself) defaults to 1 pp. An explicit
-``allowed_drop_pp`` always wins.
+``STUDENT_ALLOWED_DROP_PP`` (mnist 4 pp, cifar10 20 pp, else 20 pp): a 784-50-10 MLP cannot
+match a convolutional teacher (the study lost 1-2 pp on MNIST and 14 pp on CIFAR-10 with 50
+epochs). Measured here with the students' own 4-epoch (MNIST) / 2-epoch (CIFAR-10) SGD recipes:
+from LeNet-300-100, kd-t4 -0.7 pp (MNIST, scratch -0.8) and -3.5 pp (CIFAR-10, scratch -4.2);
+from LeNet-5, kd-t4 -2.7 pp (MNIST, scratch -1.5: its label-smoothed soft targets carry little at
+high T; kd-t1 -1.6) and -16.8 pp (CIFAR-10, scratch -16.0). Distilling into the current model
+(kdself) defaults to 1 pp. An explicit ``allowed_drop_pp`` always wins.
 """
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ from squeezebench.recipes import recipe_for
 
 SELF_EPOCHS = 2
 DEFAULT_ALPHA = 0.9
-STUDENT_ALLOWED_DROP_PP = {"mnist": 3.0, "cifar10": 20.0}
+STUDENT_ALLOWED_DROP_PP = {"mnist": 4.0, "cifar10": 20.0}
 STUDENT_ALLOWED_DROP_FALLBACK_PP = 20.0
 TEMPERATURE_SWEEP = (1, 2, 4, 8, 16, 20)
 
