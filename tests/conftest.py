@@ -33,21 +33,24 @@ def tiny_dataset() -> Dataset:
     return make_tiny_dataset()
 
 
-@pytest.fixture
-def tiny_workbench(tmp_path, tiny_dataset) -> Workbench:
-    """A Workbench with the tiny dataset registered under the name ``tiny``, caching in tmp_path."""
+def new_tiny_workbench(root, dataset: Dataset | None = None) -> Workbench:
+    """A one-thread Workbench caching under ``root`` with the tiny dataset registered as ``tiny``."""
     torch.set_num_threads(1)
-    settings = resolve_settings(data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", threads=1)
-    wb = Workbench(settings)
-    wb._datasets["tiny"] = tiny_dataset
+    wb = Workbench(resolve_settings(data_dir=root / "data", cache_dir=root / "cache", threads=1))
+    wb._datasets["tiny"] = dataset if dataset is not None else make_tiny_dataset()
     return wb
 
 
+@pytest.fixture
+def tiny_workbench(tmp_path, tiny_dataset) -> Workbench:
+    """A Workbench with the tiny dataset registered under the name ``tiny``, caching in tmp_path."""
+    return new_tiny_workbench(tmp_path, tiny_dataset)
+
+
 @pytest.fixture(scope="session")
-def shared_data(pytestconfig) -> "Path":
+def shared_data(pytestconfig):
     """The real datasets (../shared/data here). Skipped with the reason when absent, except in CI."""
     import os
-    from pathlib import Path
 
     s = resolve_settings(data_dir=pytestconfig.getoption("sb_data_dir"), environ=os.environ)
     if not (s.data_dir / "MNIST").is_dir() or not (s.data_dir / "cifar10").exists():

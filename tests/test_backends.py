@@ -11,6 +11,11 @@ from squeezebench.training import TrainConfig
 CPU_BACKENDS = ["torch-cpu", "onnxruntime", "openvino"]
 
 
+def _need(backend: str) -> None:
+    if backend in ("onnxruntime", "openvino"):
+        pytest.importorskip(backend)
+
+
 @pytest.fixture
 def tiny_variant(tiny_workbench):
     return tiny_workbench.train("lenet5", "tiny", TrainConfig(epochs=2, lr=3e-3, batch_size=64))
@@ -22,9 +27,7 @@ def test_all_four_backends_registered():
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_parity_with_torch_cpu(tiny_workbench, tiny_variant, backend):
-    mod = {"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(backend)
-    if mod:
-        pytest.importorskip(mod)
+    _need(backend)
     ev = tiny_workbench.evaluate(tiny_variant, backend)
     ref = tiny_workbench.evaluate(tiny_variant, "torch-cpu")
     assert ev.parity_agreement >= 0.995, f"{backend} agrees on {ev.parity_agreement:.2%} < 99.5%"
@@ -35,9 +38,7 @@ def test_parity_with_torch_cpu(tiny_workbench, tiny_variant, backend):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_batch_sizes_and_thread_count(tiny_workbench, tiny_variant, backend):
-    mod = {"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(backend)
-    if mod:
-        pytest.importorskip(mod)
+    _need(backend)
     s = tiny_workbench.session(tiny_variant, backend)
     assert s.threads == 1
     x = tiny_workbench.dataset("tiny").test_inputs()

@@ -85,7 +85,7 @@ def test_every_chain_parameter_reaches_the_cache_key():
     cfgs = [PruneConfig(), PruneConfig(sparsity=0.9), PruneConfig(scope="global"), PruneConfig(steps=2),
             PruneConfig(finetune_epochs=2), PruneConfig(lr_scale=0.2), PruneConfig(allowed_drop_pp=0.5),
             StructuredPruneConfig(), StructuredPruneConfig(ratio=0.75), StructuredPruneConfig(layers="dense+conv"),
-            StructuredPruneConfig(finetune_epochs=1), StructuredPruneConfig(lr_scale=0.5),
+            StructuredPruneConfig(finetune_epochs=1), StructuredPruneConfig(lr_scale=0.3),
             DistillConfig(), DistillConfig(temperature=2), DistillConfig(alpha=0.5), DistillConfig(student=None),
             DistillConfig(student="lenet300_100"), DistillConfig(epochs=3), DistillConfig(lr_scale=0.5)]
     keys = {content_key(c.as_dict()) for c in cfgs}

@@ -10,21 +10,16 @@ import torch
 from squeezebench.backends import BackendUnavailable
 from squeezebench.compression import ConfigError, parse_variant_id
 from squeezebench.compression.precision import ORT_NO_BF16, ORT_NO_FP64_CONV, OPENVINO_NO_FP64, PrecisionConfig
-from squeezebench.settings import resolve_settings
-from squeezebench.workbench import Variant, Workbench
+from squeezebench.workbench import Variant
 
 DATA = "tiny"
 
 
 @pytest.fixture(scope="module")
 def wb(tmp_path_factory):
-    from conftest import make_tiny_dataset
+    from conftest import new_tiny_workbench
 
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("precision")
-    w = Workbench(resolve_settings(data_dir=root / "data", cache_dir=root / "cache", threads=1))
-    w._datasets[DATA] = make_tiny_dataset()
-    return w
+    return new_tiny_workbench(tmp_path_factory.mktemp("precision"))
 
 
 def _within_drop(wb, v, backend):

@@ -12,7 +12,6 @@ from squeezebench.backends import Artifact, BackendUnavailable
 from squeezebench.backends.base import int8_facts
 from squeezebench.compression import ConfigError, parse_variant_id, variant_id
 from squeezebench.compression.quantize import PARITY_MIN, QuantizeConfig
-from squeezebench.settings import resolve_settings
 from squeezebench.workbench import Workbench
 
 MODEL, DATA = "lenet5", "tiny"
@@ -20,13 +19,9 @@ MODEL, DATA = "lenet5", "tiny"
 
 @pytest.fixture(scope="module")
 def wb(tmp_path_factory):
-    from conftest import make_tiny_dataset
+    from conftest import new_tiny_workbench
 
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("quant")
-    w = Workbench(resolve_settings(data_dir=root / "data", cache_dir=root / "cache", threads=1))
-    w._datasets[DATA] = make_tiny_dataset()
-    return w
+    return new_tiny_workbench(tmp_path_factory.mktemp("quant"))
 
 
 def _ops(session) -> dict:

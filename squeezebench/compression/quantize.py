@@ -327,7 +327,7 @@ def fold_weight_qdq(model):
     DequantizeLinear directly; then drop what nothing reads. Same numbers (QuantizeLinear's
     round-half-to-even and saturation), a quarter of the weight bytes."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     g = model.graph
     const = {t.name: numpy_helper.to_array(t) for t in g.initializer}
