@@ -28,14 +28,16 @@ test: venv
 
 # CI gate: the quick profile against the committed reference history. Accuracy and sizes are
 # reproducible on CPU; latency is judged as a ratio to the same run's fp32 torch-cpu record
-# (fastest round), with a wide tolerance because CI machines are shared.
+# (fastest round), with a wide tolerance: the reference was recorded on a shared 2-core VM and
+# in-run ratios moved up to ~2.5x between two identical runs there. Oversubscribing the cores
+# (another benchmark at the same time) makes torch's OpenMP threads thrash: don't gate then.
 GATE_OUT ?= .ci/out/quick.json
 gate: venv
 	mkdir -p $(dir $(GATE_OUT))
 	$(BIN)/python -m pytest bench/ --sb-profile quick -q -p no:cacheprovider --benchmark-json=$(GATE_OUT) \
 		--sb-min-time 0.5 --sb-energy-window 0.2
 	$(BIN)/python -m reports compare .ci/reference/quick.json $(GATE_OUT) --latency-stat min \
-		--latency-tol 2.0 --size-tol 0.01 --top1-tol 0.5
+		--latency-tol 3.0 --size-tol 0.01 --top1-tol 0.5
 
 report: venv
 	$(BIN)/python -m reports markdown
