@@ -28,8 +28,9 @@ test: venv
 
 # CI gate: the quick profile against the committed reference history. Accuracy and sizes are
 # reproducible on CPU; latency is judged as a ratio to the same run's fp32 torch-cpu record
-# (fastest round), with a wide tolerance: the reference was recorded on a shared 2-core VM and
-# in-run ratios moved up to ~2.5x between two identical runs there. Oversubscribing the cores
+# (fastest round), with a wide tolerance: on this 2-core VM the ratios of a loaded and a quiet
+# run of the same commit differed by up to +66 %; 2.0 (ratio may triple) still catches int8
+# falling back to float. Oversubscribing the cores
 # (another benchmark at the same time) makes torch's OpenMP threads thrash: don't gate then.
 GATE_OUT ?= .ci/out/quick.json
 gate: venv
@@ -37,7 +38,7 @@ gate: venv
 	$(BIN)/python -m pytest bench/ --sb-profile quick -q -p no:cacheprovider --benchmark-json=$(GATE_OUT) \
 		--sb-min-time 0.5 --sb-energy-window 0.2
 	$(BIN)/python -m reports compare .ci/reference/quick.json $(GATE_OUT) --latency-stat min \
-		--latency-tol 3.0 --size-tol 0.01 --top1-tol 0.5
+		--latency-tol 2.0 --size-tol 0.01 --top1-tol 0.5
 
 report: venv
 	$(BIN)/python -m reports markdown
