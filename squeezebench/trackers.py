@@ -32,6 +32,11 @@ CPU_MIN_WINDOW_S = 0.5  # RAPL updates about every ms; 0.5 s keeps the uJ counte
 DEFAULT_IDLE_S = 0.5
 
 
+# Net energy within this share of the gross reading is indistinguishable from idle (sampling
+# and window-edge jitter), so it is reported as unavailable rather than as a tiny number.
+NOISE_FRACTION = 0.01
+
+
 def unavailable(reason: str) -> str:
     return f"unavailable: {reason}"
 
@@ -229,7 +234,7 @@ class GpuEnergy:
         out[f"{p}_j"] = gross
         out[f"{p}_net_j"] = net
         out[f"{p}_avg_w"] = gross / window if window > 0 else unavailable("empty window")
-        out[f"{p}_j_per_image"] = (net / images if net > 0 and images else unavailable(
+        out[f"{p}_j_per_image"] = (net / images if net > NOISE_FRACTION * gross and images else unavailable(
             f"energy above idle not measurable: {gross:.3f} J in {window:.2f} s vs idle {self.idle_w:.2f} W"))
         return out
 
@@ -339,7 +344,7 @@ class RaplEnergy:
         out.update({
             f"{p}_j": gross, f"{p}_net_j": net,
             f"{p}_avg_w": gross / window if window > 0 else unavailable("empty window"),
-            f"{p}_j_per_image": (net / images if net > 0 and images else unavailable(
+            f"{p}_j_per_image": (net / images if net > NOISE_FRACTION * gross and images else unavailable(
                 f"energy above idle not measurable: {gross:.3f} J in {window:.2f} s vs idle {self.idle_w:.2f} W")),
         })
         return out
