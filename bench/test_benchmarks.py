@@ -6,6 +6,7 @@ in a separate window after it, and all of it is recorded in ``benchmark.extra_in
 """
 import pytest
 
+from squeezebench.backends import get_backend
 from squeezebench.record import benchmark_rounds, build_extra_info
 from squeezebench.workbench import guardrail_floor
 
@@ -21,7 +22,7 @@ def test_variant(benchmark, case, variant, backend_session, evaluation, bench_in
     tracked = energy_window(backend_session.run, prepared)
 
     floor, floor_rule = guardrail_floor(workbench, variant)
-    artifact = workbench.artifact(variant, type(workbench.backend(case.backend)).artifact_format)
+    artifact = workbench.artifact(variant, get_backend(case.backend).artifact_format)
     benchmark.extra_info.update(build_extra_info(
         case, variant, artifact, backend_session, evaluation, workbench.static_facts(variant),
         floor, rounds, extra={**warm, **timing, **tracked, "top1_floor_rule": floor_rule},
