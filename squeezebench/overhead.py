@@ -6,6 +6,13 @@ For each backend and batch it (1) runs the benchmark suite for those records in 
 (pytest bench/ --benchmark-json) and (2) in this process loads the same cached artifact, warms
 up, and times ``session.run(prepared)`` in a bare ``perf_counter`` loop for the same wall time;
 then prints reported/bare median per image. Run it on an idle machine.
+
+    python -m squeezebench.overhead --floor [--batches 1]
+
+times instead a near-empty model (``mlp_student`` with one hidden unit: 784-1-10, 805 weights)
+on each backend: the per-call floor of the runtime, i.e. the lowest per-image latency any
+variant can reach there at that batch. A speedup over a model that already runs close to its
+runtime's floor is bounded by that floor, not by the compression.
 """
 from __future__ import annotations
 
@@ -18,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +43,40 @@ def bare_loop_us(session, prepared, batch: int, seconds: float) -> float:
     return statistics.median(times) / batch * 1e6
 
 
+def floor_us(backends: list[str], batches: list[int], seconds: float, threads: int) -> dict:
+    """Per-image median of a near-empty model (784-1-10 MLP, untrained) per backend and batch."""
+    from models import create_model
+    from squeezebench import artifacts as art
+    from squeezebench.backends import get_backend
+    from squeezebench.backends.base import Artifact, BackendUnavailable
+
+    shape, classes = (1, 28, 28), 10
+    model = create_model("mlp_student", shape, classes, hidden=1).eval()
+    arch = {"model": "mlp_student", "in_shape": list(shape), "num_classes": classes,
+            "kwargs": {"hidden": 1}, "dtype": "float32"}
+    x = torch.zeros(max(batches), *shape)
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        mains = {"torch": art.write_torch(model, arch, d), "onnx": art.write_onnx(model, shape, d)}
+        for name in backends:
+            cls = get_backend(name)
+            reason = cls.unavailable_reason()
+            if reason is None and cls.artifact_format == "openvino" and "openvino" not in mains:
+                mains["openvino"] = art.write_openvino(d / mains["onnx"], d)
+            if reason is not None:
+                out[name] = reason
+                continue
+            try:
+                session = cls(threads).load(Artifact(cls.artifact_format, d / mains[cls.artifact_format],
+                                                      art.files_of(d, mains[cls.artifact_format])))
+            except BackendUnavailable as e:
+                out[name] = str(e)
+                continue
+            out[name] = {b: bare_loop_us(session, session.prepare(x[:b]), b, seconds) for b in batches}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="lenet300_100", help="default: lenet300_100")
@@ -42,7 +85,26 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: torch-cpu,onnxruntime,openvino")
     ap.add_argument("--batches", default="1,256", help="default: 1,256")
     ap.add_argument("--seconds", type=float, default=2.0, help="bare-loop time per record; default: 2.0")
+    ap.add_argument("--floor", action="store_true",
+                    help="time a near-empty 784-1-10 MLP per backend instead (the runtime's per-call "
+                         "floor); default: off")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="intra-op threads for --floor; default: as the benchmarks (every core)")
     args = ap.parse_args(argv)
+    if args.floor:
+        from squeezebench.settings import resolve_settings
+
+        args.threads = args.threads or resolve_settings().threads
+        res = floor_us(args.backends.split(","), [int(b) for b in args.batches.split(",")], args.seconds,
+                       args.threads)
+        print(f"{'backend':<12} {'batch':>5} {'floor us/img':>13}   (784-1-10 MLP, {args.threads} thread(s))")
+        for backend, r in res.items():
+            if isinstance(r, str):
+                print(f"{backend:<12} {'-':>5} {'skipped':>13}   {r}")
+                continue
+            for batch, us in r.items():
+                print(f"{backend:<12} {batch:>5} {us:>13.3f}")
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"

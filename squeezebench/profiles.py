@@ -27,8 +27,8 @@ class Profile:
     variants: tuple[str, ...] = ("fp32",)
     backends: tuple[str, ...] = ALL_BACKENDS
     batches: tuple[int, ...] = (1, 256)
-    # Variants that only make sense for some models: variant -> models (others skip it).
-    variant_models: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Variants that only make sense for some (model, dataset) pairs: variant -> pairs (others skip it).
+    variant_pairs: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.pairs or not self.variants or not self.backends or not self.batches:
@@ -40,8 +40,8 @@ class Profile:
         out = []
         for model, dataset in self.pairs:
             for variant in self.variants:
-                allowed = self.variant_models.get(variant)
-                if allowed is not None and model not in allowed:
+                allowed = self.variant_pairs.get(variant)
+                if allowed is not None and (model, dataset) not in allowed:
                     continue
                 for backend in self.backends:
                     for batch in self.batches:
@@ -90,7 +90,8 @@ register_profile(Profile(
 def _paper_profile() -> Profile:
     from squeezebench.paper import paper_variants
 
-    variants, models = paper_variants()
+    variants, pairs = paper_variants()
+    all_pairs = tuple((m, d) for d in ("mnist", "cifar10") for m in LENETS)
     return Profile(
         "paper",
         "the study's Tables 1-18 (and its temperature figure, future-work chains and compact-size "
@@ -98,11 +99,11 @@ def _paper_profile() -> Profile:
         "and 256; rows per table in squeezebench.paper.PAPER_TABLES. Fine-tuning is 1-4 epochs per "
         "pruning round and students train their own recipe's epochs, so a cold run fits about 45 min "
         "on 2 cores; --sb-backends torch-cpu,onnxruntime,openvino adds OpenVINO (about +15 min)",
-        pairs=tuple((m, d) for d in ("mnist", "cifar10") for m in LENETS),
+        pairs=all_pairs,
         variants=variants,
         backends=("torch-cpu", "onnxruntime"),
         batches=(1, 256),
-        variant_models={v: ms for v, ms in models.items() if set(ms) != set(LENETS)},
+        variant_pairs={v: ps for v, ps in pairs.items() if set(ps) != set(all_pairs)},
     )
 
 

@@ -19,11 +19,12 @@ def test_paper_profile_runs_exactly_the_tables_rows():
     cases = {(c.model, c.dataset, c.variant) for c in p.cases()}
     needed = {r for t in (*PAPER_TABLES.values(), *EXTRAS.values()) for r in t.rows()}
     assert needed <= cases
-    # variant_models only ever narrows to the models a table uses
-    variants, models = paper_variants()
+    # variant_pairs only ever narrows to the (model, dataset) pairs a table uses
+    variants, pairs = paper_variants()
     assert set(p.variants) == set(variants)
-    for v, ms in p.variant_models.items():
-        assert set(ms) < set(LENETS) and set(ms) == set(models[v])
+    for v, ps in p.variant_pairs.items():
+        assert set(ps) < set(p.pairs) and set(ps) == set(pairs[v])
+    assert cases == needed, "the profile runs rows no table shows"
 
 
 def test_every_paper_variant_parses():
