@@ -76,6 +76,20 @@ def test_distill_into_pruned_teacher_then_qat_keeps_zeros(tiny_workbench):
         assert z_after >= z_before, n
 
 
+def test_qat_after_distillation_fine_tunes_with_the_students_recipe(tiny_workbench, monkeypatch):
+    _quantize()
+    from dataclasses import replace
+
+    from squeezebench import recipes
+
+    generic = recipes.recipe_for("lenet300_100", "tiny")
+    monkeypatch.setitem(recipes.RECIPES, ("mlp_student", "tiny"), replace(generic, lr=0.0123))
+    v = tiny_workbench.variant("lenet300_100", "tiny", "kd-t4+int8-qat-e1")
+    assert v.arch["model"] == "mlp_student"
+    # QAT runs at 1/20 of the current (student) model's recipe lr, not the teacher's.
+    assert v.facts["quantization"]["qat"]["recipe"]["lr"] == pytest.approx(0.0123 * 0.05)
+
+
 def test_terminal_steps_must_come_last():
     with pytest.raises(ConfigError, match="last step"):
         parse_variant_id("fp16+prune80")

@@ -80,7 +80,8 @@ def test_structured_then_unstructured_chain(tiny_workbench):
 
 def test_default_allowed_drops(tiny_workbench):
     assert StructuredPruneConfig(ratio=0.5).drop() == 1.0
-    assert StructuredPruneConfig(ratio=0.75, layers="dense+conv").drop() == 3.0
+    assert StructuredPruneConfig(ratio=0.75, layers="dense").drop() == 3.0
+    assert StructuredPruneConfig(ratio=0.75, layers="dense+conv").drop() == 5.0
     assert StructuredPruneConfig(ratio=0.9).drop() == 5.0
     # Removing filters on a dataset other than MNIST allows more (LeNet-5 has few to spare).
     assert tiny_workbench.variant("lenet5", "tiny", "sprune50-conv-e1").facts["allowed_drop_pp"] == 4.0

@@ -496,7 +496,8 @@ def apply_quantize(cfg: QuantizeConfig, state: ChainState) -> ChainState:
 
             prepared = prepare_qat_fx(copy.deepcopy(float_model).train(), torch_qconfig_mapping("qat", cfg.per_channel),
                                       (torch.zeros(1, *in_shape),))
-        base = recipe_for(state.model_name, state.dataset_name)
+        # The current model's recipe: after distillation that is the student's, not the teacher's.
+        base = recipe_for(state.arch["model"], state.dataset_name)
         # Fine-tuning from the trained baseline: 1/20 of its peak learning rate, cosine to zero.
         tcfg = training.TrainConfig(epochs=cfg.qat_epochs, lr=base.lr * 0.05, batch_size=base.batch_size,
                                     optimizer=base.optimizer, momentum=base.momentum, nesterov=base.nesterov,
