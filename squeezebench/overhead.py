@@ -10,9 +10,10 @@ then prints reported/bare median per image. Run it on an idle machine.
     python -m squeezebench.overhead --floor [--batches 1]
 
 times instead a near-empty model (``mlp_student`` with one hidden unit: 784-1-10, 805 weights)
-on each backend: the per-call floor of the runtime, i.e. the lowest per-image latency any
-variant can reach there at that batch. A speedup over a model that already runs close to its
-runtime's floor is bounded by that floor, not by the compression.
+on each backend: roughly the runtime's own per-call cost at that batch. A speedup over a model that
+already runs close to it is bounded by it, not by the compression. It is measured in this process,
+not inside pytest bench/, so compare it with records of the same machine and read it as indicative
+(here torch eager measured higher in this process than a 784-50-10 MLP did inside the benchmarks).
 """
 from __future__ import annotations
 
