@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -95,6 +96,24 @@ class Workbench:
         self._evals: dict[tuple, Evaluation] = {}
         self._reference: dict[tuple, np.ndarray] = {}
 
+    # -- training -----------------------------------------------------------------------------
+    @property
+    def train_threads(self) -> int:
+        """Intra-op threads for every training and fine-tuning run; part of each trained cache key,
+        because conv training on CPU is bit-reproducible only at a fixed thread count."""
+        return self.settings.threads
+
+    @contextmanager
+    def pinned_threads(self) -> Iterator[None]:
+        """Run the block with torch at ``train_threads`` intra-op threads (restored after): a
+        backend loaded earlier in the process must not decide how a model is trained."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.train_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     # -- data -------------------------------------------------------------------------------
     def dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
@@ -120,6 +139,7 @@ class Workbench:
         key = {
             "what": tag, "arch": arch, "dataset": data.fingerprint, "recipe": cfg.as_dict(),
             "code": source_hash(model_entry(model_name).source_file, training.fit),
+            "train_threads": self.train_threads,
             **(extra_key or {}),
         }
 
@@ -127,8 +147,9 @@ class Workbench:
             self.progress(f"training {model_name} on {dataset_name} ({tag}, {cfg.epochs} epochs)")
             model = training.init_model(model_name, data, cfg.seed, **(model_kwargs or {}))
             loss_fn = loss_fn_factory(data) if loss_fn_factory else None
-            summary = training.fit(model, data, cfg, loss_fn=loss_fn, progress=self.progress,
-                                   label=f"{model_name}/{dataset_name}/{tag}")
+            with self.pinned_threads():
+                summary = training.fit(model, data, cfg, loss_fn=loss_fn, progress=self.progress,
+                                       label=f"{model_name}/{dataset_name}/{tag}")
             acc = training.top1(training.predict_logits(model, data.test_inputs()), data.y_test)
             self.progress(f"{model_name}/{dataset_name}/{tag}: top-1 {acc:.2f}% "
                           f"in {summary['train_seconds']:.0f}s")

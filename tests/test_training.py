@@ -33,6 +33,33 @@ def test_same_seed_same_weights_without_cache(tiny_workbench, tmp_path):
         assert torch.equal(t, _weights(b)[k]), f"{k} differs between two seeded runs"
 
 
+def test_training_runs_at_the_pinned_thread_count_whatever_ran_before(tiny_workbench, monkeypatch):
+    # Conv training on CPU is bit-reproducible only at a fixed thread count, so training must not
+    # inherit the count a backend set earlier in the process, and the count is part of the key.
+    from dataclasses import replace
+
+    from squeezebench import training
+
+    seen = []
+    real_fit = training.fit
+
+    def spy(*a, **kw):
+        seen.append(torch.get_num_threads())
+        return real_fit(*a, **kw)
+
+    monkeypatch.setattr(training, "fit", spy)
+    cfg = TrainConfig(epochs=1, lr=3e-3, batch_size=64, seed=11)
+    torch.set_num_threads(2)
+    a = tiny_workbench.train("mlp_student", "tiny", cfg)
+    assert seen == [tiny_workbench.train_threads] == [1]
+    assert torch.get_num_threads() == 2, "the caller's thread count is restored"
+    assert a.key["train_threads"] == 1
+    tiny_workbench.settings = replace(tiny_workbench.settings, threads=2)
+    assert tiny_workbench.train("mlp_student", "tiny", cfg).key != a.key
+    assert seen[-1] == 2
+    torch.set_num_threads(1)
+
+
 def test_key_changes_with_recipe(tiny_workbench):
     a = tiny_workbench.train("mlp_student", "tiny", TrainConfig(epochs=1, lr=1e-3, batch_size=64))
     b = tiny_workbench.train("mlp_student", "tiny", TrainConfig(epochs=1, lr=2e-3, batch_size=64))

@@ -90,12 +90,13 @@ class ChainState:
         model = model if model is not None else self.model
         arch = arch if arch is not None else self.arch
         key = {"after": self.key, "step": cfg.as_dict(), "tag": tag, "arch": arch,
-               "code": source_hash(type(cfg), Path(__file__))}
+               "code": source_hash(type(cfg), Path(__file__)), "train_threads": self.wb.train_threads}
         work = copy.deepcopy(model)
         holder: dict = {}
 
         def do_build(tmp: Path) -> dict:
-            meta = build(work) or {}
+            with self.wb.pinned_threads():
+                meta = build(work) or {}
             art.write_torch(work, arch, tmp)
             holder["model"] = work
             return meta

@@ -198,12 +198,14 @@ def teacher_logits(state: ChainState, teacher: nn.Module, teacher_key: dict) -> 
     from squeezebench.workbench import source_hash
 
     data = state.data
-    key = {"teacher": teacher_key, "dataset": data.fingerprint, "code": source_hash(teacher_logits)}
+    key = {"teacher": teacher_key, "dataset": data.fingerprint, "code": source_hash(teacher_logits),
+           "train_threads": state.wb.train_threads}
 
     def build(tmp: Path) -> dict:
         state.wb.progress(f"teacher logits for {state.model_name}/{state.dataset_name} ({len(data.x_train)} images)")
         x = data.normalize(data.x_train)
-        logits = training.predict_logits(teacher.float(), x).float().numpy()
+        with state.wb.pinned_threads():
+            logits = training.predict_logits(teacher.float(), x).float().numpy()
         np.save(tmp / "logits.npy", logits)
         return {"shape": list(logits.shape)}
 
