@@ -126,6 +126,13 @@ def test_study_data_is_in_the_project_with_its_source():
         assert ref.read_bytes() == (paper.DATA / "study_tables.csv").read_bytes()
 
 
+def test_study_rows_missing_a_field_keep_their_note():
+    rows = {(r["table"], r["setting"], r["precision"], r["model"]): r for r in paper.study_rows()}
+    r = rows[("13", "sparsity50", "int8", "lenet300_100")]
+    assert r["note"].startswith("the source shows one time") and r["epochs"] == ""
+    assert all(r["note"] is not None for r in rows.values())
+
+
 @pytest.mark.parametrize("table,setting,precision,model,expected", [
     (3, "sparsity80", "fp32", "lenet300_100", ("lenet300_100", "mnist", "prune80")),
     (13, "sparsity80", "int8", "lenet300_100", ("lenet300_100", "mnist", f"prune80+{paper.QUANT_TOKEN}")),
