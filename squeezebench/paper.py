@@ -44,9 +44,10 @@ FUTURE = ("gprune80+kdself-t4+int8-qat",  # distill the original into its pruned
 # Honest-bytes targets (compressed_bytes >= 50x (LeNet-300-100) / 40x (LeNet-5) below the fp32
 # artifact at <= 0.3 pp on MNIST): global pruning to 96 %, then int8 with per-tensor weight scales
 # (per-channel costs a float per output channel: 10-15 % of LeNet-5's bytes). LeNet-300-100 gets
-# there with 4 rounds of 4 epochs (-0.21 pp, 59.6x); LeNet-5 only just, with 8 rounds of 6 epochs
-# (measured on MNIST from the 2-thread baseline: gprune96-s4-e4 -0.45 pp, -s4-e8 -0.48, -s8-e4
-# -0.33, -s8-e6 -0.30 at 43.2x; fine-tuning -s4-e4 further with QAT or self-distillation did not help).
+# there with 4 rounds of 4 epochs (-0.21 pp, 59.6x); LeNet-5 only just, with 8 rounds of 6 epochs.
+# Measured on MNIST, from a baseline trained at 1 thread: gprune96-s4-e4 -0.43 pp, -s8-e3 -0.30,
+# -s4-e8 -0.28 (fine-tuning -s4-e4 further with QAT or self-distillation did not help); from the
+# 2-thread baseline (what 2 cores train now): -s4-e8 -0.48, -s8-e4 -0.33, -s8-e6 -0.30 at 43.2x.
 COMPACT = {LENET300: "gprune96-s4-e4+int8-static-pt", LENET5: "gprune96-s8-e6+int8-static-pt"}
 
 
