@@ -63,11 +63,11 @@ def floor_us(backends: list[str], batches: list[int], seconds: float, threads: i
         for name in backends:
             cls = get_backend(name)
             reason = cls.unavailable_reason()
-            if reason is None and cls.artifact_format == "openvino" and "openvino" not in mains:
-                mains["openvino"] = art.write_openvino(d / mains["onnx"], d)
             if reason is not None:
                 out[name] = reason
                 continue
+            if cls.artifact_format == "openvino" and "openvino" not in mains:
+                mains["openvino"] = art.write_openvino(d / mains["onnx"], d)
             try:
                 session = cls(threads).load(Artifact(cls.artifact_format, d / mains[cls.artifact_format],
                                                       art.files_of(d, mains[cls.artifact_format])))
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="1,256", help="default: 1,256")
     ap.add_argument("--seconds", type=float, default=2.0, help="bare-loop time per record; default: 2.0")
     ap.add_argument("--floor", action="store_true",
-                    help="time a near-empty 784-1-10 MLP per backend instead (the runtime's per-call "
-                         "floor); default: off")
+                    help="time a near-empty 784-1-10 MLP per backend instead (roughly the runtime's own "
+                         "per-call cost); default: off")
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op threads for --floor; default: as the benchmarks (every core)")
     args = ap.parse_args(argv)
