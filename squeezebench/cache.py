@@ -5,6 +5,11 @@ wrote plus ``MANIFEST.json`` (size and sha256 of each file). Entries are built i
 temporary sibling directory and renamed into place, so a crash never leaves a
 half-written entry under its final name; every read re-hashes the files, and an
 entry that fails verification is deleted and rebuilt, never served.
+
+Concurrent runs on one cache directory are safe: building an entry holds an exclusive
+file lock (``filelock``) named after its key, so when several processes want the same
+entry one builds it and the others wait, then read (and verify) what it published. A
+published entry is never written to again.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +90,9 @@ class ArtifactCache:
                 raise CacheCorrupt(f"{p}: checksum mismatch")
         return manifest
 
-    def lookup(self, namespace: str, key: str) -> Path | None:
-        """The verified entry, or None; a corrupt entry is removed."""
+    def lookup(self, namespace: str, key: str, *, remove_corrupt: bool = False) -> Path | None:
+        """The verified entry, or None. A corrupt entry is removed only with ``remove_corrupt``
+        (by a caller holding the entry's lock: another process may be replacing it)."""
         entry = self.entry_dir(namespace, key)
         if not entry.exists():
             return None
@@ -92,9 +100,16 @@ class ArtifactCache:
             self.verify(entry)
             return entry
         except CacheCorrupt as e:
-            log.warning("cache entry corrupt, rebuilding: %s", e)
-            shutil.rmtree(entry, ignore_errors=True)
+            if remove_corrupt:
+                log.warning("cache entry corrupt, rebuilding: %s", e)
+                shutil.rmtree(entry, ignore_errors=True)
             return None
+
+    def lock_path(self, namespace: str, key: str) -> Path:
+        """Lock files live apart (``<root>/.locks/``) so a namespace lists only entries."""
+        path = self.root / ".locks" / namespace / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def get_or_build(
         self,
@@ -105,7 +120,8 @@ class ArtifactCache:
         """Return the entry for ``key_parts``, running ``build(tmpdir)`` when it is absent or corrupt.
 
         ``build`` writes its files into ``tmpdir`` and may return metadata, stored in the
-        manifest under ``"meta"`` (read it back with :meth:`meta`).
+        manifest under ``"meta"`` (read it back with :meth:`meta`). Across processes, one
+        builds and the others wait for it (see the module docstring).
         """
         key = content_key(key_parts)
         hit = self.lookup(namespace, key)
@@ -113,26 +129,25 @@ class ArtifactCache:
             return hit
         final = self.entry_dir(namespace, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=final.parent))
-        try:
-            meta = build(tmp) or {}
-            files = {
-                p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-                for p in sorted(tmp.rglob("*"))
-                if p.is_file() and p.name != MANIFEST
-            }
-            manifest = {"key": key, "key_parts": key_parts, "files": files, "meta": meta}
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+        with FileLock(self.lock_path(namespace, key)):
+            # Whoever held the lock before us may have published it meanwhile.
+            hit = self.lookup(namespace, key, remove_corrupt=True)
+            if hit is not None:
+                return hit
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=final.parent))
             try:
+                meta = build(tmp) or {}
+                files = {
+                    p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                    for p in sorted(tmp.rglob("*"))
+                    if p.is_file() and p.name != MANIFEST
+                }
+                manifest = {"key": key, "key_parts": key_parts, "files": files, "meta": meta}
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
                 os.rename(tmp, final)
-            except OSError:
-                # Another process finished the same entry first; keep theirs if it verifies.
-                if self.lookup(namespace, key) is None:
-                    shutil.rmtree(final, ignore_errors=True)
-                    os.rename(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
         return final
 
     @staticmethod

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from squeezebench.cache import ArtifactCache
+from squeezebench.keys import producer_versions
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,10 @@ def _load_image_folder_dataset(name: str, path: Path, cache: ArtifactCache, how:
         return {"mode": mode, "size": list(size)}
 
     entry = cache.get_or_build("datasets", {"kind": "image-folder", "root": str(path.resolve()),
-                                            "listing": listing, "v": 1}, build)
+                                            "listing": listing, "v": 1,
+                                            # Pillow's decoders compute the pixels (JPEG decoding
+                                            # can change between libjpeg versions).
+                                            "versions": producer_versions(("pillow", "numpy"))}, build)
     arrs = {k: np.load(entry / f"{k}.npy", allow_pickle=False)
             for k in ("x_train", "y_train", "x_test", "y_test")}
     return Dataset(name, splits["train"][0], _torch_u8(arrs["x_train"]), torch.from_numpy(arrs["y_train"]),

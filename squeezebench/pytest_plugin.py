@@ -43,10 +43,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--sb-batches", default=None, help="comma list of batch sizes. Default: the profile's (1,256)")
     g.addoption("--sb-warmup-time", type=float, default=0.25,
                 help="seconds of untimed calls before each benchmark (at least 3 calls). Default: 0.25")
-    g.addoption("--sb-min-time", type=float, default=DEFAULT_MIN_TIME,
-                help="minimum seconds of timed rounds per record: sets pytest-benchmark's max_time to "
-                     "max(this, --benchmark-max-time) and min_rounds to at least "
-                     f"{MIN_ROUNDS}. Default: {DEFAULT_MIN_TIME}")
+    g.addoption("--sb-min-time", type=float, default=None,
+                help="seconds of timed rounds per record: sets pytest-benchmark's max_time for every record "
+                     f"(rounds go on until it is reached, at least {MIN_ROUNDS} of them; a test's own "
+                     "benchmark marker is overridden). Default: --benchmark-max-time "
+                     f"(pytest-benchmark's, {DEFAULT_MIN_TIME})")
     g.addoption("--sb-energy-window", type=float, default=DEFAULT_ENERGY_WINDOW,
                 help="seconds of repeated batch calls after each latency benchmark, measured for energy "
                      "(NVML on CUDA, RAPL on the CPU, idle power subtracted) and memory; 0 disables. "
@@ -87,10 +88,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """--sb-min-time, through pytest-benchmark's documented ``benchmark`` marker: a test's own
-    marker values are kept unless they measure for less than the minimum."""
+    """--sb-min-time, through pytest-benchmark's documented ``benchmark`` marker: when given it
+    sets ``max_time`` for every benchmark (shorter or longer than pytest-benchmark's own);
+    ``min_rounds`` is raised to at least MIN_ROUNDS for the statistics."""
     min_time = config.getoption("sb_min_time")
-    if min_time is None or min_time < 0:
+    if min_time is not None and min_time < 0:
         raise pytest.UsageError(f"--sb-min-time must be >= 0, got {min_time}")
     try:
         cli_max_time = float(config.getoption("benchmark_max_time"))
@@ -102,7 +104,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         marker = item.get_closest_marker("benchmark")
         kwargs = dict(marker.kwargs) if marker else {}
-        kwargs["max_time"] = max(float(kwargs.get("max_time", cli_max_time)), min_time)
+        kwargs["max_time"] = float(min_time) if min_time is not None else float(kwargs.get("max_time", cli_max_time))
         kwargs["min_rounds"] = max(int(kwargs.get("min_rounds", cli_min_rounds)), MIN_ROUNDS)
         item.add_marker(pytest.mark.benchmark(**kwargs), append=False)
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from squeezebench.backends import Artifact, Session
 from squeezebench.profiles import Case
-from squeezebench.workbench import Evaluation, Variant
+from squeezebench.domain import Evaluation, Variant
 
 SCHEMA_VERSION = 1
 

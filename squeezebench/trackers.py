@@ -45,14 +45,60 @@ def _no_sync() -> None:
     return None
 
 
-def cuda_nvml_id() -> int | str:
-    """NVML's name for torch's current CUDA device: its UUID (CUDA_VISIBLE_DEVICES can reorder
-    indices), else the index."""
+def cuda_nvml_id() -> str | None:
+    """torch's current CUDA device as NVML must find it: its UUID (``CUDA_VISIBLE_DEVICES`` and MIG
+    renumber indices, so an index could name another board), or None when torch exposes none."""
     import torch
 
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     uuid = getattr(props, "uuid", None)
-    return f"GPU-{uuid}" if uuid else torch.cuda.current_device()
+    return str(uuid) if uuid else None
+
+
+def _bare_uuid(uuid: str | bytes) -> str:
+    """``GPU-1a2b...`` / ``MIG-1a2b...`` / ``1a2b...`` -> ``1a2b...`` (lower case), to compare
+    torch's UUID (no prefix) with NVML's (prefixed by device kind)."""
+    u = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+    return re.sub(r"^(GPU|MIG)-", "", u.strip(), flags=re.I).lower()
+
+
+def nvml_handle_for(nvml: Any, uuid: str | None) -> tuple[Any | None, bool, str | None]:
+    """(handle, is_mig, reason) of the NVML device whose UUID is ``uuid``: every board and every
+    MIG instance on it is searched. Never a guess: no match gives (None, False, why)."""
+    if not uuid:
+        return None, False, ("torch exposes no UUID for the CUDA device, so the NVML device it runs on "
+                             "cannot be identified (an index may name another board under "
+                             "CUDA_VISIBLE_DEVICES or MIG)")
+    want = _bare_uuid(uuid)
+    try:
+        count = nvml.nvmlDeviceGetCount()
+    except Exception as e:
+        return None, False, f"NVML cannot list devices: {e}"
+    seen = []
+    for i in range(count):
+        try:
+            h = nvml.nvmlDeviceGetHandleByIndex(i)
+            u = nvml.nvmlDeviceGetUUID(h)
+        except Exception:
+            continue
+        seen.append(_bare_uuid(u))
+        if _bare_uuid(u) == want:
+            return h, False, None
+        try:
+            n_mig = nvml.nvmlDeviceGetMaxMigDeviceCount(h)
+        except Exception:  # no MIG support on this board or driver
+            n_mig = 0
+        for j in range(n_mig or 0):
+            try:
+                m = nvml.nvmlDeviceGetMigDeviceHandleByIndex(h, j)
+                mu = nvml.nvmlDeviceGetUUID(m)
+            except Exception:  # an empty MIG slot
+                continue
+            seen.append(_bare_uuid(mu))
+            if _bare_uuid(mu) == want:
+                return m, True, None
+    return None, False, (f"no NVML device or MIG instance has the CUDA device's UUID {want} "
+                         f"(NVML lists {len(seen)}: {', '.join(seen) or 'none'})")
 
 
 def sync_for_backend(backend: str) -> Sync:
@@ -122,7 +168,7 @@ class GpuEnergy:
 
     prefix = "energy_gpu"
 
-    def __init__(self, sync: Sync = _no_sync, device_index: int | str = 0, *, sample_interval_s: float = 0.02,
+    def __init__(self, sync: Sync = _no_sync, device_index: int | str | None = 0, *, sample_interval_s: float = 0.02,
                  min_window_s: float = GPU_MIN_WINDOW_S, nvml: Any | None = None):
         self.sync, self.sample_interval_s, self.min_window_s = sync, sample_interval_s, min_window_s
         self.reason: str | None = None
@@ -133,18 +179,22 @@ class GpuEnergy:
             nvml, self.reason = load_nvml()
         if nvml is None:
             return
-        try:
-            self.handle = (nvml.nvmlDeviceGetHandleByUUID(device_index) if isinstance(device_index, str)
-                           else nvml.nvmlDeviceGetHandleByIndex(device_index))
-        except Exception as e:
-            if isinstance(device_index, str):  # a UUID NVML does not know: fall back to the first GPU
-                try:
-                    self.handle = nvml.nvmlDeviceGetHandleByIndex(0)
-                except Exception:
-                    self.handle = None
-            if self.handle is None:
-                self.reason = f"NVML has no GPU {device_index}: {e}"
-                return
+        if isinstance(device_index, int):  # an explicit NVML index (tests, single-GPU tools)
+            try:
+                self.handle, is_mig, why = nvml.nvmlDeviceGetHandleByIndex(device_index), False, None
+            except Exception as e:
+                self.handle, is_mig, why = None, False, f"NVML has no GPU {device_index}: {e}"
+        else:
+            self.handle, is_mig, why = nvml_handle_for(nvml, device_index)
+        if self.handle is None:
+            self.reason = why
+            return
+        if is_mig:
+            # NVML reports power and energy for the whole board only, shared by every MIG
+            # instance on it: not this workload's energy.
+            self.reason = (f"the CUDA device is MIG instance {device_index}: NVML measures power only for "
+                           "the whole board, which other instances share")
+            return
         self.nvml = nvml
         try:
             name = nvml.nvmlDeviceGetName(self.handle)
@@ -423,7 +473,7 @@ def disabled_fields(reason: str, device: str = "cpu") -> dict:
 def measure_window(
     fn: Callable[[Any], Any], arg: Any, *, batch: int, window_s: float, device: str = "cpu",
     sync: Sync | None = None, idle_s: float | None = None, rapl_root: str | Path = RAPL_ROOT,
-    nvml: Any | None = None, gpu_index: int | str = 0, gpu_min_window_s: float = GPU_MIN_WINDOW_S,
+    nvml: Any | None = None, gpu_index: int | str | None = 0, gpu_min_window_s: float = GPU_MIN_WINDOW_S,
     cpu_min_window_s: float = CPU_MIN_WINDOW_S, sample_interval_s: float = 0.02,
 ) -> dict:
     """Idle power, then ``fn(arg)`` repeated for at least ``window_s`` (and each available energy

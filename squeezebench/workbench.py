@@ -2,11 +2,8 @@
 evaluation. Everything is memoised in memory for a session and cached on disk by content."""
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -14,72 +11,34 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import create_model, model_entry
+from models import model_entry
 from squeezebench import artifacts as art
 from squeezebench import encoding
 from squeezebench import training
 from squeezebench.backends import Artifact, Backend, BackendUnavailable, Session, get_backend
 from squeezebench.cache import ArtifactCache
+from squeezebench.compression import build_variant
 from squeezebench.data import Dataset, load_dataset
+from squeezebench.domain import Evaluation, Variant
+from squeezebench.keys import producer_versions, producers_of, source_hash
 from squeezebench.metrics import count_macs, count_nonzero, count_params
-from squeezebench.recipes import recipe_for
+from squeezebench.recipes import floor_for, recipe_for
 from squeezebench.settings import Settings
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
-def source_hash(*objs) -> str:
-    """Hash of the source code of modules/functions: part of cache keys so code changes rebuild."""
-    h = hashlib.sha256()
-    for o in objs:
-        path = o if isinstance(o, Path) else Path(inspect.getsourcefile(o) or "")
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
+__all__ = ["Evaluation", "Variant", "Workbench", "guardrail_floor", "source_hash"]
 
-
-@dataclass
-class Variant:
-    """A model ready to export: what it is, how it was made, and its static facts."""
-
-    model_name: str
-    dataset_name: str
-    variant_id: str
-    model: nn.Module  # the torch module that defines the variant's function (eval mode)
-    arch: dict  # enough to rebuild ``model``'s structure: model, in_shape, num_classes, kwargs, dtype
-    key: dict  # content key parts: whatever the variant was built from
-    chain: list[dict] = field(default_factory=list)
-    facts: dict = field(default_factory=dict)  # technique facts for extra_info
-    # Formats this variant writes itself (e.g. a QDQ ONNX); others are exported from ``model``.
-    writers: dict[str, Callable[[Path], str]] = field(default_factory=dict)
-    formats: tuple[str, ...] = ("torch", "onnx", "openvino")
-    qweights: dict | None = None  # int8 weights chosen by a quantize step (see compression.base)
-    # Backends that cannot run this variant, with the reason (the bench fixture skips them).
-    # A compression step declares them in ``facts["unsupported_backends"]``.
-    unsupported: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.unsupported = {**self.facts.get("unsupported_backends", {}), **self.unsupported}
-
-    def unsupported_reason(self, backend_name: str, artifact_format: str) -> str | None:
-        """Why ``backend_name`` (which loads ``artifact_format``) cannot run this variant, or None."""
-        if backend_name in self.unsupported:
-            return self.unsupported[backend_name]
-        if artifact_format not in self.formats:
-            return f"variant {self.variant_id} has no {artifact_format} artifact (it has {', '.join(self.formats)})"
-        return None
-
-    @property
-    def in_shape(self) -> tuple[int, int, int]:
-        return tuple(self.arch["in_shape"])  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    top1: float  # percent, through the backend, full test set
-    n_images: int
-    parity_agreement: float  # fraction of top-1 predictions equal to the reference's
-    max_abs_logit_diff: float
+# Who computes each artifact format's bytes when a variant has no writer of its own (see
+# squeezebench.keys): the key of each artifact holds these libraries' versions, and only these.
+DEFAULT_PRODUCERS: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "onnx": ("torch", "onnx"),  # torch.onnx exports, the onnx package serialises
+    "openvino": ("torch", "onnx", "openvino"),  # converted from the ONNX export
+    "compressed": ("numpy",),  # squeezebench.encoding packs with numpy (and the stdlib)
+}
 
 
 class Workbench:
@@ -127,40 +86,61 @@ class Workbench:
         return {"model": model_name, "in_shape": list(data.in_shape), "num_classes": data.num_classes,
                 "kwargs": kwargs, "dtype": "float32"}
 
+    def trained_key(self, key: dict, producers: tuple[str, ...] = ("torch",)) -> dict:
+        """``key`` plus what every trained entry is keyed on (see :meth:`train_cached`)."""
+        return {**key, "trainer": source_hash(training), "train_threads": self.train_threads,
+                "versions": producer_versions(producers)}
+
+    def train_cached(self, namespace: str, key: dict, model: nn.Module, arch: dict,
+                     run: Callable[[nn.Module], dict | None], *,
+                     producers: tuple[str, ...] = ("torch",)) -> tuple[nn.Module, dict]:
+        """The one train-and-cache path: ``run(model)`` trains ``model`` in place (at
+        ``train_threads``, pinned) unless the entry for ``key`` exists; either way ``model`` ends
+        up holding the cached weights. Every trained entry's key holds the training code, the
+        thread count and the producers' versions, so a rule added here holds for all of them.
+
+        Returns the model (eval mode) and the metadata ``run`` returned."""
+        full_key = self.trained_key(key, producers)
+        built: list[bool] = []
+
+        def build(tmp: Path) -> dict:
+            with self.pinned_threads():
+                meta = run(model) or {}
+            art.write_torch(model, arch, tmp)
+            built.append(True)
+            return meta
+
+        entry = self.cache.get_or_build(namespace, full_key, build)
+        if not built:
+            model.load_state_dict(torch.load(entry / "model.pt", map_location="cpu", weights_only=True))
+        return model.eval(), ArtifactCache.meta(entry)
+
     def train(
         self, model_name: str, dataset_name: str, cfg: training.TrainConfig | None = None,
         *, tag: str = "baseline", loss_fn_factory: Callable[[Dataset], training.LossFn] | None = None,
         extra_key: dict | None = None, model_kwargs: dict | None = None,
     ) -> Variant:
-        """Train (or load from cache) ``model_name`` on ``dataset_name`` with ``cfg``."""
+        """Train (or load from cache) ``model_name`` on ``dataset_name`` with ``cfg``, from its
+        seeded initial weights."""
         data = self.dataset(dataset_name)
         cfg = cfg or recipe_for(model_name, dataset_name)
         arch = self.arch_for(model_name, data, **(model_kwargs or {}))
-        key = {
-            "what": tag, "arch": arch, "dataset": data.fingerprint, "recipe": cfg.as_dict(),
-            "code": source_hash(model_entry(model_name).source_file, training.fit),
-            "train_threads": self.train_threads,
-            **(extra_key or {}),
-        }
+        key = {"what": tag, "arch": arch, "dataset": data.fingerprint, "recipe": cfg.as_dict(),
+               "code": source_hash(model_entry(model_name).source_file), **(extra_key or {})}
 
-        def build(tmp: Path) -> dict:
+        def run(model: nn.Module) -> dict:
             self.progress(f"training {model_name} on {dataset_name} ({tag}, {cfg.epochs} epochs)")
-            model = training.init_model(model_name, data, cfg.seed, **(model_kwargs or {}))
             loss_fn = loss_fn_factory(data) if loss_fn_factory else None
-            with self.pinned_threads():
-                summary = training.fit(model, data, cfg, loss_fn=loss_fn, progress=self.progress,
-                                       label=f"{model_name}/{dataset_name}/{tag}")
+            summary = training.fit(model, data, cfg, loss_fn=loss_fn, progress=self.progress,
+                                   label=f"{model_name}/{dataset_name}/{tag}")
             acc = training.top1(training.predict_logits(model, data.test_inputs()), data.y_test)
             self.progress(f"{model_name}/{dataset_name}/{tag}: top-1 {acc:.2f}% "
                           f"in {summary['train_seconds']:.0f}s")
-            art.write_torch(model, arch, tmp)
             return {**summary, "torch_top1": acc}
 
-        entry = self.cache.get_or_build("trained", key, build)
-        model = create_model(model_name, data.in_shape, data.num_classes, **(model_kwargs or {}))
-        model.load_state_dict(torch.load(entry / "model.pt", map_location="cpu", weights_only=True))
-        meta = ArtifactCache.meta(entry)
-        return Variant(model_name, dataset_name, "fp32", model.eval(), arch, key,
+        model = training.init_model(model_name, data, cfg.seed, **(model_kwargs or {}))
+        model, meta = self.train_cached("trained", key, model, arch, run)
+        return Variant(model_name, dataset_name, "fp32", model, arch, self.trained_key(key),
                        chain=[], facts={"train": {k: meta.get(k) for k in ("epochs", "train_seconds", "torch_top1")},
                                         "recipe": cfg.as_dict()})
 
@@ -176,8 +156,6 @@ class Workbench:
         if k not in self._variants:
             if variant_id == "fp32":
                 return self.baseline(model_name, dataset_name)
-            from squeezebench.compression import build_variant  # compression builds on baselines
-
             self._variants[k] = build_variant(self, model_name, dataset_name, variant_id)
         return self._variants[k]
 
@@ -188,8 +166,10 @@ class Workbench:
             return self._artifacts[k]
         if fmt not in v.formats and fmt != "compressed":
             raise ValueError(f"variant {v.variant_id} has no {fmt} artifact (it has {', '.join(v.formats)})")
+        writer = v.writers.get(fmt)
         key = {"variant": v.key, "format": fmt, "exporter": source_hash(art.write_onnx),
-               "writer": source_hash(v.writers[fmt]) if fmt in v.writers else None}
+               "writer": source_hash(writer) if writer else None,
+               "versions": producer_versions(producers_of(writer, DEFAULT_PRODUCERS.get(fmt, ())))}
         if fmt == "compressed":  # squeezebench.encoding's model.sqz: the honest compact size
             key["encoder"] = source_hash(encoding)
 
@@ -272,8 +252,6 @@ class Workbench:
 def guardrail_floor(wb: Workbench, v: Variant) -> tuple[float, str]:
     """The top-1 a record must reach: the pair's floor for baselines; for a compressed variant,
     its baseline's measured top-1 minus the drop its config allows."""
-    from squeezebench.recipes import floor_for
-
     if v.variant_id == "fp32" or "allowed_drop_pp" not in v.facts:
         f = floor_for(v.model_name, v.dataset_name)
         return f, f"floor for {v.model_name} on {v.dataset_name}"

@@ -62,21 +62,34 @@ def test_min_time_sets_benchmark_max_time(tmp_path):
                     "--benchmark-min-rounds", "2", f"--benchmark-json={out}")
     assert p.returncode == 0, p.stdout + p.stderr
     b = json.loads(out.read_text())["benchmarks"][0]
-    assert b["options"]["max_time"] == pytest.approx(0.3)  # the larger of the two wins
+    assert b["options"]["max_time"] == pytest.approx(0.3)
     assert b["options"]["min_rounds"] == 5  # raised to the minimum
     assert b["stats"]["rounds"] >= 5
 
 
-def test_benchmark_max_time_larger_than_min_time_is_kept(tmp_path):
+def test_min_time_below_pytest_benchmark_default_shortens(tmp_path):
+    """`make gate` passes --sb-min-time 0.5: it must measure 0.5 s, not pytest-benchmark's 1.0."""
     out = tmp_path / "b.json"
-    p = _run_pytest(tmp_path, "--sb-min-time", "0", "--benchmark-max-time", "0.2", f"--benchmark-json={out}")
+    p = _run_pytest(tmp_path, "--sb-min-time", "0.5", f"--benchmark-json={out}")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads(out.read_text())["benchmarks"][0]["options"]["max_time"] == pytest.approx(0.5)
+
+
+def test_without_min_time_benchmark_max_time_rules(tmp_path):
+    out = tmp_path / "b.json"
+    p = _run_pytest(tmp_path, "--benchmark-max-time", "0.2", f"--benchmark-json={out}")
     assert p.returncode == 0, p.stdout + p.stderr
     assert json.loads(out.read_text())["benchmarks"][0]["options"]["max_time"] == pytest.approx(0.2)
+
+
+def test_negative_min_time_is_a_usage_error(tmp_path):
+    p = _run_pytest(tmp_path, "--sb-min-time", "-1")
+    assert p.returncode == 4 and "--sb-min-time must be >= 0, got -1" in p.stderr, p.stdout + p.stderr
 
 
 def test_help_documents_measurement_options(tmp_path):
     p = subprocess.run([sys.executable, "-m", "pytest", "-p", "squeezebench.pytest_plugin", "-p", "no:cacheprovider",
                         "--rootdir", str(tmp_path), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     text = " ".join(p.stdout.split())
-    assert "--sb-min-time" in text and "Default: 1.0" in text
+    assert "--sb-min-time" in text and "Default: --benchmark-max-time (pytest-benchmark's, 1.0)" in text
     assert "--sb-energy-window" in text and "0 disables" in text

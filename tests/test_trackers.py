@@ -281,10 +281,65 @@ def test_window_zero_disables():
     assert all(v != 0 for v in f.values())
 
 
-def test_gpu_is_found_by_uuid_else_by_index():
-    class ByIndexOnly(FakeNvml):
-        def nvmlDeviceGetHandleByUUID(self, uuid):
-            raise self.NVMLError("Not Found")
+class MultiGpuNvml(FakeNvml):
+    """NVML as on a two-board machine: board 0 is not partitioned, board 1 is split into two MIG
+    instances (slot 1 empty). UUIDs as NVML prints them: GPU-... for boards, MIG-... for instances."""
 
-    assert GpuEnergy(device_index="GPU-1234", nvml=FakeNvml()).handle == "GPU-1234"
-    assert GpuEnergy(device_index="GPU-1234", nvml=ByIndexOnly()).handle == "handle0"
+    boards = {0: "GPU-0000aaaa-1111-2222-3333-444455556666", 1: "GPU-1111bbbb-1111-2222-3333-444455556666"}
+    migs = {1: {0: "MIG-2222cccc-1111-2222-3333-444455556666", 2: "MIG-3333dddd-1111-2222-3333-444455556666"}}
+
+    def nvmlDeviceGetCount(self):
+        return len(self.boards)
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        if i not in self.boards:
+            raise self.NVMLError("Invalid Argument")
+        return ("board", i)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):  # must not be needed: the search covers MIG too
+        raise AssertionError("the tracker must match UUIDs itself, boards and MIG instances alike")
+
+    def nvmlDeviceGetUUID(self, h):
+        return self.boards[h[1]] if h[0] == "board" else self.migs[h[1]][h[2]]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, h):
+        if h[1] not in self.migs:
+            raise self.NVMLError("Not Supported")
+        return 3
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h, j):
+        if j not in self.migs.get(h[1], {}):
+            raise self.NVMLError("Not Found")
+        return ("mig", h[1], j)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        if h[0] == "mig":
+            raise self.NVMLError("Not Supported")
+        return super().nvmlDeviceGetTotalEnergyConsumption(h)
+
+
+def test_gpu_is_found_by_uuid_on_any_board_never_guessed():
+    nvml = MultiGpuNvml()
+    # torch's UUID has no prefix; with CUDA_VISIBLE_DEVICES=1 its index would be 0: the wrong board.
+    g = GpuEnergy(device_index="1111bbbb-1111-2222-3333-444455556666", nvml=nvml)
+    assert g.handle == ("board", 1) and g.available and g.mode == "counter"
+    assert GpuEnergy(device_index="GPU-0000AAAA-1111-2222-3333-444455556666", nvml=nvml).handle == ("board", 0)
+
+
+def test_unknown_uuid_is_unavailable_not_gpu0():
+    g = GpuEnergy(device_index="9999ffff-1111-2222-3333-444455556666", nvml=MultiGpuNvml())
+    assert not g.available and g.handle is None
+    assert "no NVML device or MIG instance has the CUDA device's UUID 9999ffff" in g.reason
+    f = g.fields(8)
+    assert f["energy_gpu_j_per_image"].startswith("unavailable: no NVML device")
+
+
+def test_mig_instance_is_matched_and_reported_unavailable():
+    g = GpuEnergy(device_index="2222cccc-1111-2222-3333-444455556666", nvml=MultiGpuNvml())
+    assert g.handle == ("mig", 1, 0) and not g.available
+    assert "MIG instance" in g.reason and "whole board" in g.reason
+
+
+def test_no_uuid_from_torch_is_unavailable():
+    g = GpuEnergy(device_index=None, nvml=MultiGpuNvml())
+    assert not g.available and "exposes no UUID" in g.reason

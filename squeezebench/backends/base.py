@@ -7,26 +7,12 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class Artifact:
-    """Files a backend loads. ``files`` lists every one of them (for honest byte counts)."""
-
-    format: str  # torch | onnx | openvino
-    main: Path
-    files: tuple[Path, ...]
-    meta: dict = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(p.stat().st_size for p in self.files)
+from squeezebench.domain import Artifact
 
 
 class BackendUnavailable(Exception):

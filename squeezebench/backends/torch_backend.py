@@ -21,7 +21,7 @@ def load_torch_model(artifact: Artifact) -> torch.nn.Module:
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
         state = torch.load(artifact.main, map_location="cpu", weights_only=True)
     if "quant" in arch:  # an int8 state_dict: rebuild the quantized structure it belongs to
-        from squeezebench.compression.quantize import torch_int8_skeleton
+        from squeezebench.torch_int8 import torch_int8_skeleton
 
         model = torch_int8_skeleton(model, arch["quant"], tuple(arch["in_shape"]))
         model.load_state_dict(state, strict=True)

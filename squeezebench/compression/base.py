@@ -12,13 +12,12 @@ import copy
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import Callable, ClassVar
 
-import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from squeezebench.workbench import Variant, Workbench
+from squeezebench.domain import Engine, Variant
+from squeezebench.keys import source_hash
 
 
 class ConfigError(ValueError):
@@ -57,7 +56,7 @@ class CompressionConfig:
 class ChainState:
     """What flows through a chain: the torch model so far, plus everything learned on the way."""
 
-    wb: "Workbench"
+    wb: Engine
     model_name: str
     dataset_name: str
     model: nn.Module
@@ -78,36 +77,19 @@ class ChainState:
         return self.wb.dataset(self.dataset_name)
 
     def cached_model(self, tag: str, cfg: CompressionConfig, build: Callable[[nn.Module], dict | None],
-                     model: nn.Module | None = None, arch: dict | None = None) -> tuple[nn.Module, dict]:
+                     model: nn.Module | None = None, arch: dict | None = None,
+                     producers: tuple[str, ...] = ("torch",)) -> tuple[nn.Module, dict]:
         """Run ``build(model)`` (which changes the model in place, e.g. fine-tuning) once per
-        content key; later calls load the cached state_dict into a fresh copy.
+        content key, through the engine's one train-and-cache path; later calls load the cached
+        state_dict into a fresh copy. ``producers``: the libraries besides the trainer whose
+        code decides the weights (e.g. torch-pruning for structured pruning).
 
         Returns the model and the metadata ``build`` returned."""
-        from squeezebench import artifacts as art
-        from squeezebench.cache import ArtifactCache
-        from squeezebench.workbench import source_hash
-
         model = model if model is not None else self.model
         arch = arch if arch is not None else self.arch
         key = {"after": self.key, "step": cfg.as_dict(), "tag": tag, "arch": arch,
-               "code": source_hash(type(cfg), Path(__file__)), "train_threads": self.wb.train_threads}
-        work = copy.deepcopy(model)
-        holder: dict = {}
-
-        def do_build(tmp: Path) -> dict:
-            with self.wb.pinned_threads():
-                meta = build(work) or {}
-            art.write_torch(work, arch, tmp)
-            holder["model"] = work
-            return meta
-
-        entry = self.wb.cache.get_or_build("variants", key, do_build)
-        if "model" in holder:
-            out = holder["model"]
-        else:
-            out = copy.deepcopy(model)
-            out.load_state_dict(torch.load(entry / "model.pt", map_location="cpu", weights_only=True))
-        return out.eval(), ArtifactCache.meta(entry)
+               "code": source_hash(type(cfg), Path(__file__))}
+        return self.wb.train_cached("variants", key, copy.deepcopy(model), arch, build, producers=producers)
 
 
 Handler = Callable[[CompressionConfig, ChainState], ChainState]
@@ -180,8 +162,6 @@ def apply_chain(state: ChainState, chain: list[CompressionConfig]) -> ChainState
             raise ConfigError(f"no handler registered for {type(cfg).__name__}")
         state = handler(cfg, state)
         state.chain.append(cfg.as_dict())
-        from squeezebench.workbench import source_hash
-
         # The handler's code is part of what the variant is: a changed handler must not be
         # served a stale artifact.
         state.key = {"after": state.key, "step": cfg.as_dict(), "code": source_hash(type(cfg))}
@@ -189,10 +169,8 @@ def apply_chain(state: ChainState, chain: list[CompressionConfig]) -> ChainState
     return state
 
 
-def build_variant(wb: "Workbench", model_name: str, dataset_name: str, vid: str) -> "Variant":
+def build_variant(wb: Engine, model_name: str, dataset_name: str, vid: str) -> Variant:
     """The variant ``vid`` of the trained baseline of ``model_name`` on ``dataset_name``."""
-    from squeezebench.workbench import Variant
-
     chain = parse_variant_id(vid)
     base = wb.baseline(model_name, dataset_name)
     state = ChainState(wb, model_name, dataset_name, copy.deepcopy(base.model), dict(base.arch),

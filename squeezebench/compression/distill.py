@@ -52,6 +52,7 @@ from models import list_models
 from squeezebench import training
 from squeezebench.compression.base import ChainState, CompressionConfig, ConfigError, register_handler
 from squeezebench.compression.prune import keep_zeros
+from squeezebench.keys import producer_versions, source_hash
 from squeezebench.metrics import count_params
 from squeezebench.recipes import recipe_for
 
@@ -195,11 +196,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
 def teacher_logits(state: ChainState, teacher: nn.Module, teacher_key: dict) -> torch.Tensor:
     """Logits of ``teacher`` on the (normalised, unaugmented) training split, computed once per
     teacher and dataset and kept in the workbench cache."""
-    from squeezebench.workbench import source_hash
-
     data = state.data
     key = {"teacher": teacher_key, "dataset": data.fingerprint, "code": source_hash(teacher_logits),
-           "train_threads": state.wb.train_threads}
+           "train_threads": state.wb.train_threads, "versions": producer_versions(("torch",))}
 
     def build(tmp: Path) -> dict:
         state.wb.progress(f"teacher logits for {state.model_name}/{state.dataset_name} ({len(data.x_train)} images)")
@@ -279,28 +278,15 @@ def apply_distill(cfg: DistillConfig, state: ChainState) -> ChainState:
 
 @register_handler(ScratchConfig)
 def apply_scratch(cfg: ScratchConfig, state: ChainState) -> ChainState:
-    """Train the student alone. Cached by student, dataset and recipe (not by the row's teacher),
-    so every teacher row of a dataset shares one control."""
-    from squeezebench import artifacts as art
-    from squeezebench.cache import ArtifactCache
-    from squeezebench.workbench import source_hash
-
+    """Train the student alone, through the engine's train-and-cache path like any baseline
+    (same seeded initial weights as the KD student). Cached by student, dataset and recipe
+    (not by the row's teacher), so every teacher row of a dataset shares one control."""
     tc = student_recipe(cfg.student, state.dataset_name, cfg.epochs, 1.0)
-    student, s_arch = fresh_student(cfg.student, state, tc.seed)
-    key = {"what": "scratch", "arch": s_arch, "dataset": state.data.fingerprint, "recipe": tc.as_dict(),
-           "code": source_hash(training.fit, Path(__file__))}
-
-    def build(tmp: Path) -> dict:
-        s = training.fit(student, state.data, tc, progress=state.wb.progress,
-                         label=f"{state.dataset_name}/{cfg.token()}")
-        art.write_torch(student, s_arch, tmp)
-        return {"recipe": tc.as_dict(), "epoch_losses": s["epoch_losses"], "train_seconds": s["train_seconds"]}
-
-    entry = state.wb.cache.get_or_build("variants", key, build)
-    student.load_state_dict(torch.load(entry / "model.pt", map_location="cpu", weights_only=True))
-    state.model, state.arch = student.eval(), s_arch
+    trained = state.wb.train(cfg.student, state.dataset_name, tc, tag="scratch")
+    student, s_arch = copy.deepcopy(trained.model).eval(), dict(trained.arch)
+    state.model, state.arch = student, s_arch
     if cfg.allowed_drop_pp is None:
         state.allowed_drop_pp = max(state.allowed_drop_pp, student_drop(state.dataset_name))
     state.facts["scratch"] = {"student": _describe(student, s_arch), "epochs": tc.epochs,
-                              "train": ArtifactCache.meta(entry)}
+                              "train": {"recipe": tc.as_dict(), **trained.facts.get("train", {})}}
     return state

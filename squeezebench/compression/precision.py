@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from squeezebench import artifacts as art
+from squeezebench.keys import produced_by
 from squeezebench.compression.base import ChainState, CompressionConfig, ConfigError, register_handler
 
 _DTYPES = {"fp64": "float64", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -51,6 +52,7 @@ def _openvino_writer(float_model: nn.Module, in_shape: tuple[int, ...], compress
     """IR from the fp32 ONNX of ``float_model``: f32 inputs and outputs, weights in f16 when asked
     (OpenVINO's own fp16 storage); the compute precision is the session's inference hint."""
 
+    @produced_by("torch", "onnx", "openvino")
     def write(out: Path) -> str:
         import openvino as ov
 

@@ -34,8 +34,6 @@ from __future__ import annotations
 import copy
 import re
 import tempfile
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +42,11 @@ import torch
 from torch import nn
 
 from squeezebench import artifacts as art
+from squeezebench.keys import produced_by
 from squeezebench.compression.base import ChainState, CompressionConfig, ConfigError, register_handler
+from squeezebench.torch_int8 import (  # noqa: F401  (torch_int8_skeleton: re-exported)
+    _dynamic_qconfig, _quiet, _weight_observer, torch_int8_skeleton, torch_qconfig_mapping,
+)
 
 METHODS = ("static", "dynamic", "qat")
 _DEFAULTS = {"calibration_images": 512, "per_channel": True, "qat_epochs": 2}
@@ -146,81 +148,6 @@ class QuantizeConfig(CompressionConfig):
 
     def default_allowed_drop(self) -> float:
         return 0.5
-
-
-# -- torch quantization recipes ---------------------------------------------------------------
-@contextmanager
-def _quiet():
-    """torch.ao.quantization warns on import/use (deprecation, reduce_range, uncalibrated observers)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-def _weight_observer(per_channel: bool, qat: bool = False):
-    """Symmetric int8 weights (zero point 0): per output channel or per tensor."""
-    from torch.ao.quantization import observer as obs
-
-    if per_channel:
-        cls = obs.MovingAveragePerChannelMinMaxObserver if qat else obs.PerChannelMinMaxObserver
-        return cls.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0,
-                             quant_min=-128, quant_max=127)
-    cls = obs.MovingAverageMinMaxObserver if qat else obs.MinMaxObserver
-    return cls.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=-128, quant_max=127)
-
-
-def torch_qconfig_mapping(method: str, per_channel: bool):
-    """The torch.ao QConfigMapping a method uses (also used to rebuild the structure on load)."""
-    with _quiet():
-        from torch.ao.quantization import FakeQuantize, QConfig, get_default_qconfig_mapping
-        from torch.ao.quantization import observer as obs
-
-        if method == "static":
-            # x86 defaults: histogram-calibrated uint8 activations with reduce_range (7 bits),
-            # which keeps fbgemm's u8*s8 pair sums from saturating on CPUs without VNNI.
-            act = obs.HistogramObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=127)
-            return get_default_qconfig_mapping("x86").set_global(
-                QConfig(activation=act, weight=_weight_observer(per_channel)))
-        if method == "qat":
-            # Plain FakeQuantize (not the fused moving-average op) so the TorchScript ONNX
-            # exporter turns it into QuantizeLinear/DequantizeLinear. 7-bit activations as in
-            # torch's x86 QAT default (see the saturation note above); the exported uint8
-            # QuantizeLinear clips at 255 rather than 127, which only differs for activations
-            # beyond the range seen in training.
-            act = FakeQuantize.with_args(observer=obs.MovingAverageMinMaxObserver, dtype=torch.quint8,
-                                         qscheme=torch.per_tensor_affine, quant_min=0, quant_max=127)
-            wt = FakeQuantize.with_args(observer=_weight_observer(per_channel, qat=True),
-                                        dtype=torch.qint8, quant_min=-128, quant_max=127,
-                                        qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
-                                        **({"ch_axis": 0} if per_channel else {}))
-            return get_default_qconfig_mapping("x86").set_global(QConfig(activation=act, weight=wt))
-    raise ValueError(f"no qconfig mapping for method {method!r}")
-
-
-def _dynamic_qconfig(per_channel: bool):
-    with _quiet():
-        from torch.ao.quantization import per_channel_dynamic_qconfig, default_dynamic_qconfig
-
-        return per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-
-
-def torch_int8_skeleton(model: nn.Module, quant: dict, in_shape: tuple[int, ...]) -> nn.Module:
-    """The int8 module structure ``quant`` (arch.json's ``quant`` entry) describes, built from a
-    fresh float ``model``, ready for ``load_state_dict`` of a saved int8 state_dict."""
-    with _quiet():
-        from torch.ao.quantization import quantize_dynamic
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
-
-        method, per_channel = quant["method"], bool(quant["per_channel"])
-        example = (torch.zeros(1, *in_shape),)
-        if method == "dynamic":
-            return quantize_dynamic(model.eval(), {nn.Linear: _dynamic_qconfig(per_channel)}, dtype=torch.qint8)
-        if method == "static":
-            return convert_fx(prepare_fx(model.eval(), torch_qconfig_mapping("static", per_channel), example)).eval()
-        if method == "qat":
-            prepared = prepare_qat_fx(model.train(), torch_qconfig_mapping("qat", per_channel), example)
-            return convert_fx(prepared.eval()).eval()
-    raise ValueError(f"unknown torch int8 method {method!r} in arch.json")
 
 
 def _write_torch_int8(int8_model: nn.Module, arch: dict, quant: dict, out: Path) -> str:
@@ -421,6 +348,7 @@ def apply_quantize(cfg: QuantizeConfig, state: ChainState) -> ChainState:
                                        "global min/max activation ranges)"},
                     reference="fp32 model (each runtime calibrates itself)")
 
+        @produced_by("torch", "onnx", "onnxruntime")
         def write_onnx(out: Path) -> str:
             from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -431,6 +359,7 @@ def apply_quantize(cfg: QuantizeConfig, state: ChainState) -> ChainState:
                                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
             return "model.onnx"
 
+        @produced_by("torch", "onnx", "openvino", "nncf")
         def write_openvino(out: Path) -> str:
             import nncf
             import openvino as ov
@@ -473,6 +402,7 @@ def apply_quantize(cfg: QuantizeConfig, state: ChainState) -> ChainState:
                            "onnx": "onnxruntime.quantization.quantize_dynamic (MatMulInteger/ConvInteger, "
                                    "reduce_range: 7-bit weights)"})
 
+        @produced_by("torch", "onnx", "onnxruntime")
         def write_onnx(out: Path) -> str:
             from onnxruntime.quantization import QuantType, quantize_dynamic as ort_quantize_dynamic
 
@@ -530,9 +460,11 @@ def apply_quantize(cfg: QuantizeConfig, state: ChainState) -> ChainState:
                            "onnx": "TorchScript ONNX export of the fake-quant model (QDQ), weights folded to int8",
                            "openvino": "OpenVINO IR converted from the QDQ ONNX"})
 
+        @produced_by("torch", "onnx")
         def write_onnx(out: Path) -> str:
             return _export_qdq_onnx(reference, in_shape, out)
 
+        @produced_by("torch", "onnx", "openvino")
         def write_openvino(out: Path) -> str:
             # Its own writer (not Workbench's ONNX->IR default) so the cache key carries this
             # code's hash, like the ONNX it converts.

@@ -161,7 +161,8 @@ def apply_structured_prune(cfg: StructuredPruneConfig, state: ChainState) -> Cha
         return {"recipe": tc.as_dict(), "final_loss": s["final_loss"], "train_seconds": s["train_seconds"]}
 
     tag = recipe_tag("structured_prune", [finetune_config(state, cfg.finetune_epochs, cfg.lr_scale)])
-    model, meta = state.cached_model(tag, cfg, finetune, model=pruned, arch=new_arch)
+    model, meta = state.cached_model(tag, cfg, finetune, model=pruned, arch=new_arch,
+                                     producers=("torch", "torch-pruning"))  # it chose the kept channels
     state.model, state.arch = model, new_arch
     if cfg.allowed_drop_pp is None and cfg.layers == "dense+conv" and state.dataset_name != "mnist":
         conv_drop = next(pp for r, pp in CONV_ALLOWED_DROP_PP if cfg.ratio <= r + 1e-9)

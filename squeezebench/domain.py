@@ -1,0 +1,95 @@
+"""The domain types every layer speaks: a variant, an artifact, an evaluation, and what a
+compression step may ask of the engine that builds it. At the bottom of the import graph:
+this module imports nothing of squeezebench's, so engine, backends, compression and the
+pytest plugin can all depend on it without depending on each other."""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Files a backend loads. ``files`` lists every one of them (for honest byte counts)."""
+
+    format: str  # torch | onnx | openvino | compressed
+    main: Path
+    files: tuple[Path, ...]
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files)
+
+
+@dataclass
+class Variant:
+    """A model ready to export: what it is, how it was made, and its static facts."""
+
+    model_name: str
+    dataset_name: str
+    variant_id: str
+    model: nn.Module  # the torch module that defines the variant's function (eval mode)
+    arch: dict  # enough to rebuild ``model``'s structure: model, in_shape, num_classes, kwargs, dtype
+    key: dict  # content key parts: whatever the variant was built from
+    chain: list[dict] = field(default_factory=list)
+    facts: dict = field(default_factory=dict)  # technique facts for extra_info
+    # Formats this variant writes itself (e.g. a QDQ ONNX); others are exported from ``model``.
+    writers: dict[str, Callable[[Path], str]] = field(default_factory=dict)
+    formats: tuple[str, ...] = ("torch", "onnx", "openvino")
+    qweights: dict | None = None  # int8 weights chosen by a quantize step (see compression.base)
+    # Backends that cannot run this variant, with the reason (the bench fixture skips them).
+    # A compression step declares them in ``facts["unsupported_backends"]``.
+    unsupported: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.unsupported = {**self.facts.get("unsupported_backends", {}), **self.unsupported}
+
+    def unsupported_reason(self, backend_name: str, artifact_format: str) -> str | None:
+        """Why ``backend_name`` (which loads ``artifact_format``) cannot run this variant, or None."""
+        if backend_name in self.unsupported:
+            return self.unsupported[backend_name]
+        if artifact_format not in self.formats:
+            return f"variant {self.variant_id} has no {artifact_format} artifact (it has {', '.join(self.formats)})"
+        return None
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return tuple(self.arch["in_shape"])  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    top1: float  # percent, through the backend, full test set
+    n_images: int
+    parity_agreement: float  # fraction of top-1 predictions equal to the reference's
+    max_abs_logit_diff: float
+
+
+class Engine(Protocol):
+    """What compression handlers may ask of the engine (``squeezebench.workbench.Workbench``)."""
+
+    cache: Any
+    progress: Callable[[str], None]
+
+    @property
+    def train_threads(self) -> int: ...
+
+    def pinned_threads(self) -> AbstractContextManager[None]: ...
+
+    def dataset(self, name: str) -> Any: ...
+
+    def arch_for(self, model_name: str, data: Any, **kwargs: Any) -> dict: ...
+
+    def baseline(self, model_name: str, dataset_name: str) -> Variant: ...
+
+    def train(self, model_name: str, dataset_name: str, cfg: Any = None, *, tag: str = "baseline",
+              **kwargs: Any) -> Variant: ...
+
+    def train_cached(self, namespace: str, key: dict, model: nn.Module, arch: dict,
+                     run: Callable[[nn.Module], dict | None], *,
+                     producers: tuple[str, ...] = ("torch",)) -> tuple[nn.Module, dict]: ...

@@ -1,0 +1,89 @@
+"""torch's int8 module structure: the qconfigs the quantize step uses and the skeleton that
+rebuilds a saved int8 state_dict. Shared by the quantize step (which converts) and the torch
+backend (which loads), so neither imports the other.
+
+u8 x s8 products are summed in pairs into int16 by the AVX2/AVX-512 kernels of CPUs without
+VNNI (vpmaddubsw), which saturates when both operands use all 8 bits; torch's x86 qconfigs
+here therefore use 7-bit activations (see squeezebench.compression.quantize).
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def _quiet():
+    """torch.ao.quantization warns on import/use (deprecation, reduce_range, uncalibrated observers)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _weight_observer(per_channel: bool, qat: bool = False):
+    """Symmetric int8 weights (zero point 0): per output channel or per tensor."""
+    from torch.ao.quantization import observer as obs
+
+    if per_channel:
+        cls = obs.MovingAveragePerChannelMinMaxObserver if qat else obs.PerChannelMinMaxObserver
+        return cls.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0,
+                             quant_min=-128, quant_max=127)
+    cls = obs.MovingAverageMinMaxObserver if qat else obs.MinMaxObserver
+    return cls.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=-128, quant_max=127)
+
+
+def torch_qconfig_mapping(method: str, per_channel: bool):
+    """The torch.ao QConfigMapping a method uses (also used to rebuild the structure on load)."""
+    with _quiet():
+        from torch.ao.quantization import FakeQuantize, QConfig, get_default_qconfig_mapping
+        from torch.ao.quantization import observer as obs
+
+        if method == "static":
+            # x86 defaults: histogram-calibrated uint8 activations with reduce_range (7 bits),
+            # which keeps fbgemm's u8*s8 pair sums from saturating on CPUs without VNNI.
+            act = obs.HistogramObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=127)
+            return get_default_qconfig_mapping("x86").set_global(
+                QConfig(activation=act, weight=_weight_observer(per_channel)))
+        if method == "qat":
+            # Plain FakeQuantize (not the fused moving-average op) so the TorchScript ONNX
+            # exporter turns it into QuantizeLinear/DequantizeLinear. 7-bit activations as in
+            # torch's x86 QAT default (see the saturation note above); the exported uint8
+            # QuantizeLinear clips at 255 rather than 127, which only differs for activations
+            # beyond the range seen in training.
+            act = FakeQuantize.with_args(observer=obs.MovingAverageMinMaxObserver, dtype=torch.quint8,
+                                         qscheme=torch.per_tensor_affine, quant_min=0, quant_max=127)
+            wt = FakeQuantize.with_args(observer=_weight_observer(per_channel, qat=True),
+                                        dtype=torch.qint8, quant_min=-128, quant_max=127,
+                                        qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
+                                        **({"ch_axis": 0} if per_channel else {}))
+            return get_default_qconfig_mapping("x86").set_global(QConfig(activation=act, weight=wt))
+    raise ValueError(f"no qconfig mapping for method {method!r}")
+
+
+def _dynamic_qconfig(per_channel: bool):
+    with _quiet():
+        from torch.ao.quantization import per_channel_dynamic_qconfig, default_dynamic_qconfig
+
+        return per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+
+
+def torch_int8_skeleton(model: nn.Module, quant: dict, in_shape: tuple[int, ...]) -> nn.Module:
+    """The int8 module structure ``quant`` (arch.json's ``quant`` entry) describes, built from a
+    fresh float ``model``, ready for ``load_state_dict`` of a saved int8 state_dict."""
+    with _quiet():
+        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
+
+        method, per_channel = quant["method"], bool(quant["per_channel"])
+        example = (torch.zeros(1, *in_shape),)
+        if method == "dynamic":
+            return quantize_dynamic(model.eval(), {nn.Linear: _dynamic_qconfig(per_channel)}, dtype=torch.qint8)
+        if method == "static":
+            return convert_fx(prepare_fx(model.eval(), torch_qconfig_mapping("static", per_channel), example)).eval()
+        if method == "qat":
+            prepared = prepare_qat_fx(model.train(), torch_qconfig_mapping("qat", per_channel), example)
+            return convert_fx(prepared.eval()).eval()
+    raise ValueError(f"unknown torch int8 method {method!r} in arch.json")
