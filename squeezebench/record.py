@@ -7,13 +7,19 @@ from squeezebench.backends import Artifact, Session
 from squeezebench.profiles import Case
 from squeezebench.domain import Evaluation, Variant
 
-SCHEMA_VERSION = 1
+# 2: valid / invalid_reasons, parity_min / parity_reference / parity_check in every record.
+SCHEMA_VERSION = 2
 
 REQUIRED_FIELDS = (
     "schema", "model", "dataset", "variant", "backend", "batch", "threads", "per_image_us",
     "images_per_s", "top1", "artifact_bytes", "params", "nonzero_params", "macs",
-    "parity_agreement", "device",
+    "parity_agreement", "parity_min", "parity_reference", "parity_check", "valid", "invalid_reasons", "device",
 )
+
+# The share of top-1 predictions a backend must share with the reference, unless the variant
+# sets its own (quantize.PARITY_MIN: int8 static/dynamic 95 %, QAT 99 %).
+DEFAULT_PARITY_MIN = 0.995
+ROUND_TRIP = "artifact round trip only: same runtime as the reference"
 
 
 def latency_fields(round_times_s: list[float] | None, batch: int) -> dict:
@@ -57,6 +63,46 @@ def _layers(variant: Variant) -> dict | None:
         return None
 
 
+def parity_fields(backend: str, variant: Variant) -> dict:
+    """The minimum agreement a record must reach, what it is measured against, and whether that is
+    an independent check: torch-cpu running the same module as the reference only proves the
+    artifact round-trips."""
+    quant = variant.facts.get("quantization")
+    ref = quant.get("reference") if isinstance(quant, dict) else None
+    dtype = str(variant.arch.get("dtype", "float32"))
+    reference = (f"{ref}: the variant's torch module, in process" if ref
+                 else f"the variant's torch module in process ({dtype})")
+    if backend == "torch-cpu":
+        # A quantize step writes its own torch artifact (int8 modules); otherwise it is the reference module.
+        check = ("same runtime, another module: the torch artifact's int8 modules against the reference"
+                 if "torch" in variant.writers else ROUND_TRIP)
+    elif backend == "torch-cuda":
+        check = "cross-device: torch on CUDA against the reference on the CPU"
+    else:
+        check = f"cross-runtime: {backend} against torch"
+    return {"parity_min": float(variant.facts.get("parity_min", DEFAULT_PARITY_MIN)),
+            "parity_reference": reference, "parity_check": check}
+
+
+def invalid_reasons(info: dict) -> list[str]:
+    """Why a record is not a valid measurement: its top-1 guardrail and parity check, each failure
+    naming the measured value and the bound. Empty: valid."""
+    out = []
+    top1, floor = info.get("top1"), info.get("top1_floor")
+    rule = info.get("top1_floor_rule")
+    if top1 is None or floor is None or not top1 >= floor:  # NaN fails too
+        out.append(f"top-1 {_pct(top1)} < floor {_pct(floor)}" + (f" ({rule})" if rule else ""))
+    agree, pmin = info.get("parity_agreement"), info.get("parity_min", DEFAULT_PARITY_MIN)
+    if agree is None or not agree >= pmin:
+        out.append(f"parity {_pct(agree, 100)} < minimum {_pct(pmin, 100)}: {info.get('backend')} top-1 "
+                   f"predictions against {info.get('parity_reference', 'the reference')}")
+    return out
+
+
+def _pct(v: float | None, scale: float = 1.0) -> str:
+    return "not measured" if v is None else f"{v * scale:.2f}%"
+
+
 def build_extra_info(
     case: Case, variant: Variant, artifact: Artifact, session: Session, evaluation: Evaluation,
     static: dict, floor: float, round_times_s: list[float] | None, extra: dict | None = None,
@@ -84,9 +130,16 @@ def build_extra_info(
         "chain": variant.chain,
         "nonzero_per_layer": _layers(variant),
         "runtime": runtime,
-        # Top level so reports can filter on it: did int8 kernels really run (None: not int8)?
+        # Top level so reports can filter on it: did int8 kernels run for most of the model's MACs
+        # (None: the backend does not say)? int8_share says how much (0..1), int8_label in words.
         "int8_kernels": runtime.get("int8_kernels"),
+        "int8_share": runtime.get("int8_share"),
+        "int8_label": runtime.get("int8_label"),
     }
     info.update({k: v for k, v in variant.facts.items() if k != "artifact_meta"})
     info.update(extra or {})
+    info.update(parity_fields(case.backend, variant))
+    # Judged here, before the test asserts: pytest-benchmark saves a failed test's record too.
+    reasons = invalid_reasons(info)
+    info.update(valid=not reasons, invalid_reasons=reasons)
     return info

@@ -77,6 +77,32 @@ def test_onnx_external_data_is_counted(tmp_path):
     assert [p.name for p in files] == ["model.onnx", "model.onnx.data"]
 
 
+def test_onnxruntime_writes_nothing_into_the_cache_entry(tiny_workbench, tiny_variant):
+    """ORT's optimised graph (and the profile behind the facts) go to a directory the session owns,
+    never into the artifact's verified, shared cache entry; the directory goes with the session."""
+    import gc
+    from pathlib import Path
+
+    pytest.importorskip("onnxruntime")
+    art = tiny_workbench.artifact(tiny_variant, "onnx")
+    entry = art.main.parent
+
+    def listing():
+        return sorted((str(p.relative_to(entry)), p.stat().st_size, p.stat().st_mtime_ns) for p in entry.rglob("*"))
+
+    before = listing()
+    s = get_backend("onnxruntime")(1).load(art)
+    s.predict(tiny_workbench.dataset("tiny").test_inputs()[:8])
+    f = s.facts()
+    assert f["runtime_ops"] and f["int8_share_basis"] == "macs", f  # the optimised graph was written and read
+    assert listing() == before
+    workdir = Path(s._workdir.name)
+    assert workdir.is_dir() and entry not in workdir.parents and workdir != entry
+    del s
+    gc.collect()
+    assert not workdir.exists()
+
+
 def test_cuda_skip_reason_without_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cls = get_backend("torch-cuda")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from squeezebench.backends import BackendUnavailable
+from squeezebench.backends.base import facts_problems, int8_facts, precision_of
 from squeezebench.compression import ConfigError, parse_variant_id
 from squeezebench.compression.precision import ORT_NO_BF16, ORT_NO_FP64_CONV, OPENVINO_NO_FP64, PrecisionConfig
 from squeezebench.workbench import Variant
@@ -67,9 +68,45 @@ def test_fp16_runs_everywhere_and_the_record_says_in_what(wb):
     ov = wb.session(v, "openvino")
     ov.predict(torch.zeros(1, 1, 16, 16))
     g = ov.facts()
-    assert g["inference_precision_hint"] == "f16" and g["inference_precision_effective"] in ("f16", "f32")
-    for backend in ("torch-cpu", "onnxruntime", "openvino"):
+    # The plugin settles an f16 hint by ISA (f16 where the CPU has it, bf16 with AVX512-BF16, else
+    # f32): the record must say which, and its kernels must agree with what it says.
+    assert g["inference_precision_hint"] == "f16" and g["inference_precision_effective"] in ("f16", "bf16", "f32")
+    effective = precision_of(g["inference_precision_effective"])
+    assert len(g["compute_ops"]) == 5 and g["compute_macs_per_image"] == g["model_macs_per_image"], g["compute_ops"]
+    assert g["precision_share"].get(effective, 0) > 0.5, g["precision_share"]
+    for backend, facts in (("torch-cpu", wb.session(v, "torch-cpu").facts()), ("onnxruntime", f), ("openvino", g)):
+        assert facts_problems(facts) == [], (backend, facts)
+        assert facts["int8_label"] == "float" and facts["int8_share"] == 0.0
         _within_drop(wb, v, backend)
+
+
+def _layer(precision: str, act: str, kernel: str, macs: int = 100) -> dict:
+    return {"name": f"conv_{kernel}", "op": "Convolution", "layer": "Convolution", "activation": act,
+            "kernel": kernel, "precision": precision, "macs": macs}
+
+
+def test_consistency_check_fails_a_record_that_contradicts_itself():
+    """The check the fp16 test relies on can fail: a record claiming f16 whose kernels are f32 does."""
+    def ov_facts(effective: str, *ops: dict, **tamper) -> dict:
+        f = int8_facts("openvino", None, list(ops), {
+            "inference_precision_effective": effective,
+            "compute_layers": {f"{o['layer']}:{o['activation']}:{o['kernel']}": 1 for o in ops}})
+        return {**f, **tamper}
+
+    f32 = _layer("f32", "f32", "brgconv_avx512_f32")
+    bf16 = _layer("bf16", "bf16", "brgconv_avx512_bf16")
+    assert facts_problems(ov_facts("f32", f32)) == []
+    assert facts_problems(ov_facts("bf16", bf16, _layer("f32", "f32", "gemm_mlas_f32"))) == []
+    claims_f16 = facts_problems(ov_facts("f16", f32))
+    assert claims_f16 and "no compute layer ran in it" in claims_f16[0], claims_f16
+    assert facts_problems(ov_facts("f32", bf16))  # claims f32, ran bf16
+    # An op whose stated precision, activation type and kernel name disagree.
+    assert any("kernel" in p for p in facts_problems(ov_facts("f16", _layer("f16", "f16", "brgconv_avx512_f32"))))
+    assert any("activation" in p for p in facts_problems(ov_facts("f32", _layer("f32", "bf16", "ref_any"))))
+    # The summary alone (no op list) is checked too.
+    assert facts_problems({"inference_precision_effective": "f16",
+                           "compute_layers": {"Convolution:f32:brgconv_avx512_f32": 2}})
+    assert facts_problems({"compute_layers": {"Convolution:f16:brgconv_avx512_f32": 1}})
 
 
 def test_fp64_skips_where_the_runtime_has_no_fp64(wb):
@@ -104,7 +141,8 @@ def test_bf16(wb):
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         s = wb.session(v, "openvino")
         s.predict(torch.zeros(1, 1, 16, 16))
-        assert s.facts()["inference_precision_effective"] == "bf16"
+        g = s.facts()
+        assert g["inference_precision_effective"] == "bf16" and facts_problems(g) == [], g
     else:  # an f32 run under a bf16 label would be a lie: skipped with the reason
         with pytest.raises(BackendUnavailable, match="no bf16 support"):
             wb.session(v, "openvino")

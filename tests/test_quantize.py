@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from squeezebench.backends import Artifact, BackendUnavailable
-from squeezebench.backends.base import int8_facts
+from squeezebench.backends.base import (
+    facts_problems,
+    int8_facts,
+    int8_label,
+    int8_share,
+)
 from squeezebench.compression import ConfigError, parse_variant_id, variant_id
 from squeezebench.compression.quantize import PARITY_MIN, QuantizeConfig
 from squeezebench.workbench import Workbench
@@ -26,6 +31,14 @@ def wb(tmp_path_factory):
 
 def _ops(session) -> dict:
     return session.facts()["runtime_ops"]
+
+
+def _check_int8_facts(f: dict, backend: str) -> None:
+    """A record of a static int8 variant: self-consistent, every compute op's MACs counted, and
+    (nearly) all of them int8, whichever kernels this CPU picked."""
+    assert facts_problems(f) == [], (backend, f)
+    assert len(f["compute_ops"]) == 5 and f["int8_share_basis"] == "macs", (backend, f["compute_ops"])
+    assert f["int8_share"] >= 0.9 and f["int8_label"] == "int8" and f["int8_kernels"] is True, (backend, f)
 
 
 def _check_accuracy(wb, v, backend):
@@ -75,11 +88,52 @@ def test_bad_variant_ids(vid, fix):
         parse_variant_id(vid)
 
 
+def _op(precision: str, macs: int | None, **kw) -> dict:
+    return {"name": f"{precision}-{macs}", "op": "Conv", "precision": precision, "macs": macs, **kw}
+
+
 def test_int8_requested_but_float_is_said():
     with pytest.warns(RuntimeWarning, match="runs float kernels"):
-        f = int8_facts("onnxruntime", "int8-static", False, {"runtime_ops": {"Gemm": 1}})
-    assert f["int8_kernels"] is False and "int8-static" in f["int8_note"]
-    assert int8_facts("onnxruntime", None, False, {}) == {"int8_kernels": False}
+        f = int8_facts("onnxruntime", "int8-static", [_op("f32", 10)], {"runtime_ops": {"Gemm": 1}})
+    assert f["int8_kernels"] is False and "int8-static" in f["int8_note"] and f["int8_label"] == "float"
+    f = int8_facts("onnxruntime", None, [], {})
+    assert f["int8_kernels"] is False and f["int8_share"] is None and "int8_note" not in f
+
+
+def test_int8_share_weighs_ops_by_macs():
+    """One small int8 op beside a big float one is a mostly float model, not an int8 one."""
+    ops = [_op("int8", 1_000), _op("f32", 9_000)]
+    s = int8_share(ops)
+    assert s["int8_share"] == 0.1 and s["int8_share_basis"] == "macs"
+    assert s["int8_kernels"] is False and s["int8_any_op"] is True
+    assert s["int8_label"] == "mostly float (int8 share 0.10)"
+    assert s["precision_share"] == {"f32": 0.9, "int8": 0.1} and s["compute_macs_per_image"] == 10_000
+    with pytest.warns(RuntimeWarning, match="runs most of it in float kernels"):
+        f = int8_facts("openvino", "int8-static", ops, {})
+    assert "mostly float" in f["int8_note"]
+    # The same ops the other way round are int8; in between, the label says which way it leans.
+    assert int8_share([_op("int8", 9_500), _op("f32", 500)])["int8_label"] == "int8"
+    assert int8_share([_op("int8", 7_000), _op("f32", 3_000)])["int8_label"] == "mostly int8 (int8 share 0.70)"
+    assert int8_label(0.0) == "float" and int8_label(0.5) == "mostly float (int8 share 0.50)"
+    # Where an op's MACs are unknown the share counts compute ops, and says so.
+    s = int8_share([_op("int8", None), _op("f32", 9_000), _op("f32", 10)])
+    assert s["int8_share_basis"] == "compute ops" and s["int8_share"] == pytest.approx(1 / 3, abs=1e-3)
+
+
+def test_consistency_check_fails_an_inconsistent_int8_record():
+    ops = [_op("int8", 1_000, activation="u8", weight="i8", kernel="brgconv_avx512_I8"), _op("f32", 9_000)]
+    good = int8_facts("openvino", None, ops, {})
+    assert facts_problems(good) == []
+    assert facts_problems({**good, "int8_kernels": True})  # the old "any op" meaning is not the record's
+    assert facts_problems({**good, "int8_share": 0.9})
+    assert facts_problems({**good, "int8_label": "int8"})
+    for bad in (_op("int8", 5, activation="f32"),  # static int8 fed float activations
+                _op("int8", 5, activation="u8", weight="f32"),
+                _op("int8", 5, kernel="brgemm_avx512_f32"),
+                _op("f32", 5, kernel="jit_avx512_I8")):
+        assert facts_problems(int8_facts("openvino", None, [bad], {})), bad
+    # A dynamic int8 op quantizes its float input itself: not a contradiction.
+    assert facts_problems(int8_facts("x", None, [_op("int8", 5, activation="float32", dynamic=True)], {})) == []
 
 
 def test_ort_reports_float_kernels_for_a_float_artifact_labelled_int8(wb, tmp_path):
@@ -107,15 +161,19 @@ def test_static_int8_runs_int8_kernels_everywhere(wb):
     ort = wb.session(v, "onnxruntime")
     ops = _ops(ort)
     assert ops.get("QLinearConv", 0) == 2 and ops.get("QGemm", 0) == 3, ops
-    assert ort.facts()["int8_kernels"] is True
+    _check_int8_facts(ort.facts(), "onnxruntime")
     _check_accuracy(wb, v, "onnxruntime")
     fp32_onnx = wb.artifact(wb.baseline(MODEL, DATA), "onnx").nbytes
     assert wb.artifact(v, "onnx").nbytes < 0.5 * fp32_onnx
 
     tc = wb.session(v, "torch-cpu")
     f = tc.facts()
-    assert f["int8_kernels"] is True and f["compute_modules"] == {"ConvReLU2d:int8": 2, "Linear:int8": 1,
-                                                                  "LinearReLU:int8": 2}
+    _check_int8_facts(f, "torch-cpu")
+    assert f["compute_modules"] == {"ConvReLU2d:int8": 2, "Linear:int8": 1, "LinearReLU:int8": 2}
+    # Per-module MACs add up to the model's (FlopCounterMode on the float baseline).
+    from squeezebench.metrics import count_macs
+
+    assert f["compute_macs_per_image"] == count_macs(wb.baseline(MODEL, DATA).model, (1, 16, 16))
     _check_accuracy(wb, v, "torch-cpu")
     # The torch artifact reloads into int8 modules whose weights are exactly state.qweights.
     for name, q in v.qweights.items():
@@ -133,9 +191,20 @@ def test_static_int8_on_openvino_runs_int8_primitives(wb):
     s = wb.session(v, "openvino")
     s.predict(torch.zeros(1, 1, 16, 16))
     f = s.facts()
-    assert f["int8_kernels"] is True
+    _check_int8_facts(f, "openvino")
+    # Every compute op is listed, also those a fused layer runs (a Snippets Subgraph may take all
+    # three FullyConnected layers at batch 1 on AVX-512), and their MACs add up to the IR's.
     layers = f["compute_layers"]
     assert sum(c for k, c in layers.items() if k.split(":")[1] in ("u8", "i8")) == 5, layers
+    assert f["compute_macs_per_image"] == f["model_macs_per_image"] and "macs_note" not in f, f
+    # Another batch may take other layers (fused or not): the facts hold all the same.
+    from squeezebench.backends.openvino_backend import OpenVINOCPU
+
+    s64 = OpenVINOCPU(1).load(wb.artifact(v, "openvino"))
+    s64.predict(torch.zeros(64, 1, 16, 16), batch_size=64)
+    f64 = s64.facts()
+    _check_int8_facts(f64, "openvino")
+    assert f64["compute_macs_per_image"] == f["compute_macs_per_image"], (f64["compute_layers"], layers)
     assert wb.artifact(v, "openvino").main.suffix == ".xml"
     _check_accuracy(wb, v, "openvino")
 
@@ -145,7 +214,8 @@ def test_per_tensor_static(wb):
     v = wb.variant(MODEL, DATA, "int8-static-cal64-pt")
     assert v.facts["quantization"]["calibration_images"] == 64
     assert all(q["axis"] is None and q["scale"].shape == (1,) for q in v.qweights.values())
-    assert wb.session(v, "onnxruntime").facts()["int8_kernels"] is True
+    f = wb.session(v, "onnxruntime").facts()
+    assert f["int8_kernels"] is True and facts_problems(f) == []
 
 
 # -- dynamic -----------------------------------------------------------------------------------
@@ -155,9 +225,23 @@ def test_dynamic_int8(wb):
     ops = _ops(wb.session(v, "onnxruntime"))
     assert ops.get("ConvInteger", 0) == 2, ops
     assert ops.get("MatMulInteger", 0) + ops.get("DynamicQuantizeMatMul", 0) == 3, ops
+    f = wb.session(v, "onnxruntime").facts()
+    assert facts_problems(f) == [] and f["int8_share"] == 1.0, f  # ConvInteger: the convs run int8 too
     _check_accuracy(wb, v, "onnxruntime")
-    f = wb.session(v, "torch-cpu").facts()
-    assert f["int8_kernels"] is True and f["compute_modules"] == {"Conv2d:float32": 2, "Linear:int8-dynamic": 3}
+    # torch's dynamic int8 quantizes the Linears only; the convolutions, most of LeNet-5's MACs, run
+    # float32: the share says so, and is what the per-module MACs give.
+    with pytest.warns(RuntimeWarning, match="runs most of it in float kernels"):
+        f = wb.session(v, "torch-cpu").facts()
+    assert f["compute_modules"] == {"Conv2d:float32": 2, "Linear:int8-dynamic": 3}
+    assert facts_problems(f) == [], f
+    macs = {op["name"]: (op["precision"], op["macs"]) for op in f["compute_ops"]}
+    int8 = sum(m for p, m in macs.values() if p == "int8")
+    assert {n for n, (p, _) in macs.items() if p == "int8"} == {"fc1", "fc2", "fc3"}
+    total = sum(m for _, m in macs.values())
+    assert 0 < f["int8_share"] < 1 and f["int8_share"] == pytest.approx(int8 / total, abs=1e-4)
+    assert f["int8_label"] == int8_label(f["int8_share"]) and f["int8_any_op"] is True
+    assert f["int8_kernels"] is (f["int8_share"] > 0.5)  # a majority only; on this LeNet-5 it is not
+    assert "int8_note" in f
     _check_accuracy(wb, v, "torch-cpu")
     # OpenVINO has no dynamic int8: no artifact, a skip reason, and the session refuses.
     assert "openvino" not in v.formats and "dynamic" in v.unsupported["openvino"]
@@ -180,11 +264,12 @@ def test_qat_exports_qdq_that_runtimes_run_int8(wb):
     assert len(int8_inits) == 5
 
     ort = wb.session(v, "onnxruntime")
-    assert ort.facts()["int8_kernels"] is True and _ops(ort).get("QLinearConv", 0) == 2
+    _check_int8_facts(ort.facts(), "onnxruntime")
+    assert _ops(ort).get("QLinearConv", 0) == 2
     _check_accuracy(wb, v, "onnxruntime")
     # The reference is the fake-quant model: ORT's int8 graph reproduces it closely.
     assert wb.evaluate(v, "onnxruntime").parity_agreement >= 0.99
-    assert wb.session(v, "torch-cpu").facts()["int8_kernels"] is True
+    _check_int8_facts(wb.session(v, "torch-cpu").facts(), "torch-cpu")
     _check_accuracy(wb, v, "torch-cpu")
 
     # Cached: a second Workbench on the same cache does not train again (fit reports each epoch).
@@ -202,7 +287,7 @@ def test_qat_on_openvino_runs_int8(wb):
     v = wb.variant(MODEL, DATA, "int8-qat")
     s = wb.session(v, "openvino")
     s.predict(torch.zeros(1, 1, 16, 16))
-    assert s.facts()["int8_kernels"] is True
+    _check_int8_facts(s.facts(), "openvino")
     _check_accuracy(wb, v, "openvino")
 
 

@@ -7,15 +7,56 @@ from collections import Counter
 import numpy as np
 import torch
 
-from squeezebench.backends.base import Artifact, Backend, BackendUnavailable, Session, int8_facts, register_backend
+from squeezebench.backends.base import (
+    Artifact, Backend, BackendUnavailable, Session, int8_facts, matmul_reduction, precision_of, register_backend,
+)
 
 # Executed layer types that multiply-accumulate; int8 when their activation input is u8/i8
 # (a weight-compressed layer shows runtimePrecision i8 but takes f32 activations into an f32 kernel).
 COMPUTE_LAYERS = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm"})
+# Op types of the IR (ov.Model) that multiply-accumulate.
+MODEL_COMPUTE_OPS = frozenset({"Convolution", "GroupConvolution", "ConvolutionBackpropData",
+                               "GroupConvolutionBackpropData", "MatMul"})
+# A Snippets "Subgraph" layer fuses several IR ops into one jit kernel (e.g. a whole MLP at small
+# batch on AVX-512): its compute ops are the IR compute ops named in its originalLayersNames.
+FUSED_LAYERS = frozenset({"Subgraph"})
 
 
 def _type_name(t) -> str:
     return t.get_type_name() if hasattr(t, "get_type_name") else str(t)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def ov_layer_macs(layer: str, in_shapes: list[list[int]], out_shape: list[int]) -> int | None:
+    """Multiply-accumulates of one layer (executed or IR) from its static shapes; None if unknown.
+
+    Convolutions: output elements x weight elements per output channel, which holds for plain
+    ([O, I, k...]) and grouped ([G, O/G, I/G, k...]) weights alike."""
+    if len(in_shapes) < 2 or not out_shape:
+        return None
+    act, w = in_shapes[0], in_shapes[1]
+    if layer in ("Convolution", "GroupConvolution") and len(out_shape) > 1 and out_shape[1]:
+        return _numel(out_shape) * _numel(w) // out_shape[1]
+    if layer in ("Deconvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData") and len(act) > 1:
+        return _numel(act) * _numel(w) // act[1]
+    if layer == "FullyConnected" and act:
+        return _numel(out_shape) * act[-1]
+    if layer in ("MatMul", "Gemm") and act:
+        return _numel(out_shape) * matmul_reduction(act, out_shape)
+    return None
+
+
+def _shapes(op) -> tuple[list[list[int]], list[int]]:
+    ins = [list(op.input(i).get_partial_shape().to_shape()) if op.input(i).get_partial_shape().is_static else []
+           for i in range(op.get_input_size())]
+    out = op.output(0).get_partial_shape() if op.get_output_size() else None
+    return ins, (list(out.to_shape()) if out is not None and out.is_static else [])
 
 
 class OpenVINOSession(Session):
@@ -38,7 +79,8 @@ class OpenVINOSession(Session):
                 "INFERENCE_PRECISION_HINT": self.precision_hint,
             }
             compiled = self.core.compile_model(m, "CPU", cfg)
-            self._compiled[shape] = (compiled, compiled.create_infer_request())
+            # The reshaped IR stays beside it: the static shapes of the ops a fused layer executes.
+            self._compiled[shape] = (compiled, compiled.create_infer_request(), m)
         return self._compiled[shape][1]
 
     def prepare(self, x: torch.Tensor):
@@ -54,30 +96,74 @@ class OpenVINOSession(Session):
     def to_numpy(self, out: np.ndarray) -> np.ndarray:
         return np.array(out, dtype=np.float32)
 
+    def _compute_ops(self, compiled, model, batch: int) -> list[dict]:
+        """Every compute op the compiled model executes: layer, activation type, kernel, MACs per image.
+
+        Plain compute layers are read from the executed graph itself (static shapes per compiled
+        batch). A fused Snippets layer lists each IR compute op it absorbed, with the IR op's MACs
+        and the fused layer's activation type and kernel."""
+        ir_ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()
+                  if op.get_type_name() in MODEL_COMPUTE_OPS}
+        ops = []
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if "layerType" not in info or not op.get_input_size():
+                continue
+            layer = info["layerType"].astype(str)
+            act = op.input(0).get_element_type().get_type_name()
+            kernel = info["primitiveType"].astype(str) if "primitiveType" in info else "?"
+            entry = {"layer": layer, "activation": act, "kernel": kernel, "precision": precision_of(act)}
+            if layer in COMPUTE_LAYERS:
+                ins, out = _shapes(op)
+                macs = ov_layer_macs(layer, ins, out)
+                ops.append({"name": op.get_friendly_name(), "op": layer, **entry,
+                            "weight": op.input(1).get_element_type().get_type_name() if len(ins) > 1 else None,
+                            "macs": macs // batch if macs is not None else None})
+            elif layer in FUSED_LAYERS and "originalLayersNames" in info:
+                for name in info["originalLayersNames"].astype(str).split(","):
+                    if name in ir_ops:
+                        ir = ir_ops[name]
+                        macs = ov_layer_macs(ir.get_type_name(), *_shapes(ir))
+                        ops.append({"name": name, "op": ir.get_type_name(), **entry, "weight": None,
+                                    "macs": macs // batch if macs is not None else None})
+        return ops
+
+    def _model_macs(self, model, batch: int) -> int:
+        """MACs per image of the IR's compute ops: what the executed ops should add up to."""
+        total = 0
+        for op in model.get_ordered_ops():
+            if op.get_type_name() in MODEL_COMPUTE_OPS:
+                total += ov_layer_macs(op.get_type_name(), *_shapes(op)) or 0
+        return total // batch
+
     def facts(self) -> dict:
-        """Runtime precision per executed layer type, read from the compiled graph."""
-        if not self._compiled:
-            return {}
-        compiled = next(iter(self._compiled.values()))[0]
+        """Runtime precision per executed layer type, read from the compiled graph, and how much of
+        the model's MACs run int8."""
+        if not self._compiled:  # compile the smallest batch, so a session that never ran still says
+            ps = self.model.inputs[0].get_partial_shape()
+            self._request(tuple(d.get_length() if d.is_static else 1 for d in ps))
+        shape, (compiled, _, model) = next(iter(self._compiled.items()))
         prec: Counter = Counter()
-        compute: Counter = Counter()
-        int8 = False
         for op in compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
             if "runtimePrecision" in info and "layerType" in info:
-                layer = info["layerType"].astype(str)
-                prec[f"{layer}:{info['runtimePrecision'].astype(str)}"] += 1
-                if layer in COMPUTE_LAYERS and op.get_input_size():
-                    act = op.input(0).get_element_type().get_type_name()
-                    kernel = info["primitiveType"].astype(str) if "primitiveType" in info else "?"
-                    compute[f"{layer}:{act}:{kernel}"] += 1
-                    int8 = int8 or act in ("u8", "i8")
+                prec[f"{info['layerType'].astype(str)}:{info['runtimePrecision'].astype(str)}"] += 1
+        batch = max(int(shape[0]), 1)
+        ops = self._compute_ops(compiled, model, batch)
+        # layer:activation type:kernel, one count per compute op (a fused layer counts each op it runs)
+        compute = Counter(f"{op['layer']}:{op['activation']}:{op['kernel']}" for op in ops)
         evidence = {"runtime_precisions": dict(sorted(prec.items())),
-                    "compute_layers": dict(sorted(compute.items())),  # layer:activation type:kernel
+                    "compute_layers": dict(sorted(compute.items())),
                     "inference_precision_hint": self.precision_hint,
-                    # What the plugin settled on: a CPU without native f16/bf16 runs f32.
-                    "inference_precision_effective": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))}
-        return int8_facts("openvino", self.requested_quantization, int8, evidence)
+                    # What the plugin settled on: a CPU without native f16/bf16 runs f32, one with
+                    # AVX512-BF16 may run an f16 hint in bf16.
+                    "inference_precision_effective": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
+                    "model_macs_per_image": self._model_macs(model, batch)}
+        counted = sum(op["macs"] or 0 for op in ops)
+        if abs(counted - evidence["model_macs_per_image"]) > 0.01 * max(evidence["model_macs_per_image"], 1):
+            evidence["macs_note"] = (f"the executed compute ops account for {counted} of the IR's "
+                                     f"{evidence['model_macs_per_image']} MACs per image")
+        return int8_facts("openvino", self.requested_quantization, ops, evidence)
 
 
 @register_backend

@@ -7,7 +7,9 @@ import warnings
 import numpy as np
 import torch
 
-from squeezebench.backends.base import Artifact, Backend, BackendUnavailable, Session, int8_facts, register_backend
+from squeezebench.backends.base import (
+    Artifact, Backend, BackendUnavailable, Session, int8_facts, precision_of, register_backend,
+)
 from squeezebench.machine import cpu_model_name
 
 
@@ -31,9 +33,27 @@ def load_torch_model(artifact: Artifact) -> torch.nn.Module:
     return model.to(dtype).eval()
 
 
+def artifact_in_shape(artifact: Artifact) -> tuple[int, ...] | None:
+    """The (C, H, W) the artifact's model takes, from its arch.json (None when it does not say)."""
+    try:
+        return tuple(json.loads((artifact.main.parent / "arch.json").read_text())["in_shape"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _module_macs(m: torch.nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
+    """MACs of one call of a Linear/Conv module (float or quantized): output elements x weight
+    elements per output channel; a transposed conv's weight is [in, out/groups, k...]: per input element."""
+    w = m.weight() if callable(m.weight) else m.weight
+    per = w.numel() // w.shape[0]
+    return (inp.numel() if "Transpose" in type(m).__name__ else out.numel()) * per
+
+
 class TorchSession(Session):
-    def __init__(self, model: torch.nn.Module, device: torch.device, threads: int | None, device_name: str):
+    def __init__(self, model: torch.nn.Module, device: torch.device, threads: int | None, device_name: str,
+                 in_shape: tuple[int, ...] | None = None):
         self.model = model.to(device).eval()
+        self.in_shape = in_shape
         self.device = device
         self.threads = threads
         self.device_name = device_name
@@ -54,27 +74,60 @@ class TorchSession(Session):
     def to_numpy(self, out: torch.Tensor) -> np.ndarray:
         return out.float().cpu().numpy()
 
-    def facts(self) -> dict:
-        """Which compute modules run int8 kernels (torch.ao quantized modules) and which float."""
-        from collections import Counter
-
+    def _compute_ops(self) -> list[dict]:
+        """Every Linear/Conv module (torch.ao quantized or float) with its precision, the dtypes it
+        saw and its MACs per image, from forward hooks on one zero image (MACs None without in_shape)."""
         with warnings.catch_warnings():  # torch.ao's deprecation notices
             warnings.simplefilter("ignore")
             from torch.ao.nn.quantized.modules.utils import WeightedQuantizedModule
 
-        compute: Counter = Counter()
-        int8 = False
-        for m in self.model.modules():
+        ops: dict[str, dict] = {}
+        for name, m in self.model.named_modules():
             if isinstance(m, WeightedQuantizedModule):
-                int8 = True
                 dynamic = ".dynamic." in type(m).__module__  # activations quantized per batch at run time
-                compute[f"{type(m).__name__}:int8{'-dynamic' if dynamic else ''}"] += 1
+                w = m.weight()
+                ops[name] = {"name": name, "op": type(m).__name__, "precision": "int8",
+                             "summary": f"{type(m).__name__}:int8{'-dynamic' if dynamic else ''}",
+                             "weight": str(w.dtype).replace("torch.", ""), "activation": None, "macs": None,
+                             **({"dynamic": True} if dynamic else {})}
             elif isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
-                compute[f"{type(m).__name__}:{str(m.weight.dtype).replace('torch.', '')}"] += 1
+                dtype = str(m.weight.dtype).replace("torch.", "")
+                ops[name] = {"name": name, "op": type(m).__name__, "precision": precision_of(dtype),
+                             "summary": f"{type(m).__name__}:{dtype}", "weight": dtype, "activation": None,
+                             "macs": None}
+        if self.in_shape is None or not ops:
+            return list(ops.values())
+
+        def hook(name):
+            def record(m, args, out):
+                ops[name]["activation"] = str(args[0].dtype).replace("torch.", "")
+                ops[name]["macs"] = (ops[name]["macs"] or 0) + _module_macs(m, args[0], out)
+            return record
+
+        modules = dict(self.model.named_modules())
+        handles = [modules[name].register_forward_hook(hook(name)) for name in ops]
+        try:
+            self.run(self.prepare(torch.zeros(1, *self.in_shape)))
+        except Exception:  # facts must not fail a record: without MACs the share counts modules
+            for op in ops.values():
+                op.update(activation=None, macs=None)
+            return list(ops.values())
+        finally:
+            for h in handles:
+                h.remove()
+        return [op for op in ops.values() if op["activation"] is not None]  # a module never called runs nothing
+
+    def facts(self) -> dict:
+        """Which compute modules run int8 kernels (torch.ao quantized modules) and which float, and
+        how much of the model's MACs run int8."""
+        from collections import Counter
+
+        ops = self._compute_ops()
+        compute = Counter(op.pop("summary") for op in ops)
         evidence = {"compute_modules": dict(sorted(compute.items())), "input_dtype": str(self.dtype).replace("torch.", "")}
-        if int8:
+        if any(op["precision"] == "int8" for op in ops):
             evidence["quantized_engine"] = torch.backends.quantized.engine
-        return int8_facts(f"torch on {self.device.type}", self.requested_quantization, int8, evidence)
+        return int8_facts(f"torch on {self.device.type}", self.requested_quantization, ops, evidence)
 
 
 @register_backend
@@ -85,7 +138,8 @@ class TorchCPU(Backend):
     def load(self, artifact: Artifact) -> Session:
         # torch's intra-op pool is process-wide; the session pins it to the requested count.
         torch.set_num_threads(self.threads)
-        session = TorchSession(load_torch_model(artifact), torch.device("cpu"), self.threads, cpu_model_name())
+        session = TorchSession(load_torch_model(artifact), torch.device("cpu"), self.threads, cpu_model_name(),
+                               artifact_in_shape(artifact))
         session.requested_quantization = artifact.meta.get("quantization")
         return session
 
@@ -107,6 +161,7 @@ class TorchCUDA(Backend):
         if reason:
             raise BackendUnavailable(reason)
         dev = torch.device("cuda")
-        session = TorchSession(load_torch_model(artifact), dev, None, torch.cuda.get_device_name(dev))
+        session = TorchSession(load_torch_model(artifact), dev, None, torch.cuda.get_device_name(dev),
+                               artifact_in_shape(artifact))
         session.requested_quantization = artifact.meta.get("quantization")
         return session

@@ -27,7 +27,8 @@ CPU eagerly and round-trips through a ``weights_only`` state_dict, so it is used
 
 Whether int8 kernels actually run is decided by each backend from what its runtime reports
 (ORT's optimized graph, OpenVINO's executed primitives, torch's module types) and recorded in
-``runtime.int8_kernels``; a backend that runs float kernels for an int8 variant says so there.
+``runtime.int8_share`` (share of the MACs in int8 kernels) and ``runtime.int8_label``; a backend
+that runs most of an int8 variant in float kernels says so there.
 """
 from __future__ import annotations
 
