@@ -10,22 +10,31 @@ BASELINE_VARIANT = "fp32"
 RATIO_BACKEND = "torch-cpu"
 
 
-def baseline_of(rec: Record, records: list[Record], backend: str | None = None) -> Record | None:
+def baseline_of(rec: Record, records: list[Record], backend: str | None = None, *,
+                valid_only: bool = True) -> Record | None:
     """The fp32 record of the same model/dataset/batch (and ``backend``, default the record's own)
-    among ``records`` (one run)."""
+    among ``records`` (one run). An invalid one (failed guardrail or parity) is no baseline:
+    None unless ``valid_only`` is off."""
     m, d, _, b, n = rec.key
     want = (m, d, BASELINE_VARIANT, backend or b, n)
     for r in records:
         if r.key == want:
-            return r
+            return r if r.valid or not valid_only else None
     return None
+
+
+def no_baseline_reason(rec: Record, records: list[Record], backend: str | None = None) -> str:
+    """Why baseline_of gives None: 'no fp32 <backend> record' or 'the fp32 <backend> record is invalid'."""
+    b = backend or rec["backend"]
+    found = baseline_of(rec, records, backend, valid_only=False)
+    return f"no fp32 {b} record" if found is None else f"the fp32 {b} record is invalid"
 
 
 def latency_ratio(rec: Record, records: list[Record], backend: str = RATIO_BACKEND,
                   stat: str = "median") -> float | None:
     """per_image_us (or another ``stat``, see Record.latency_us) over the fp32 ``backend`` record
     of the same model/dataset/batch in the same run: machine speed cancels out, what compression
-    and runtime do remains."""
+    and runtime do remains. None when that record is missing or invalid."""
     base = baseline_of(rec, records, backend)
     a, b = rec.latency_us(stat), base.latency_us(stat) if base else None
     return a / b if a is not None and b else None
@@ -34,7 +43,7 @@ def latency_ratio(rec: Record, records: list[Record], backend: str = RATIO_BACKE
 @dataclass
 class Reality:
     record: Record
-    baseline: Record
+    baseline: Record | None  # None: the fp32 record is invalid (flag says so)
     speedup: float | None  # baseline time / variant time (>1 = faster)
     mac_reduction: float | None  # baseline MACs / variant MACs
     nonzero_reduction: float | None  # baseline nonzero weights / variant's
@@ -56,8 +65,13 @@ def compression_reality(records: list[Record], *, min_reduction: float = 1.1,
     for r in records:
         if r["variant"] == BASELINE_VARIANT:
             continue
+        ok, reasons = r.validity()
         base = baseline_of(r, records)
-        if base is None:
+        if base is None or not ok:
+            if not ok or baseline_of(r, records, valid_only=False) is not None:
+                why = ("INVALID: " + "; ".join(reasons)) if not ok else \
+                    f"not compared: {no_baseline_reason(r, records)} (not a baseline)"
+                out.append(Reality(r, base, None, None, None, None, r.size()[1], why))
             continue
         rs, field = r.size()
         bs, bfield = base.size()

@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                     "the same run (BASE's ratio vs NEW's, so a uniformly slower machine does not fail); energy "
                     "per image higher by more than --energy-tol. Absolute times are shown, gated only with "
                     "--gate-absolute. Records of BASE missing in NEW fail unless --allow-missing. "
+                    "A record whose guardrail or parity check failed is invalid: every invalid record in "
+                    "NEW fails; an invalid BASE record is no baseline (not compared, fails nothing). "
                     "Exit 0: nothing regressed; 1: something did; 2: a history could not be read.")
     c.add_argument("base", metavar="BASE", help="the history before (file, or directory: its newest)")
     c.add_argument("new", metavar="NEW", help="the history after (file, or directory: its newest)")
@@ -148,7 +150,7 @@ def cmd_paper(args) -> int:
 
 
 def cmd_plots(args) -> int:
-    from reports.plots import all_plots
+    from reports.plots import all_plots, invalid_left_out
     from reports.render import machine_runs
 
     hs = _histories(args)
@@ -161,6 +163,8 @@ def cmd_plots(args) -> int:
         for p in plots:
             print(f"{p.png}  {p.svg.name if p.svg else ''}  {p.title}")
         n += len(plots)
+        if invalid_left_out(run.records):
+            print(f"note ({run.short}): {invalid_left_out(run.records)}")
     print(f"{n} plots in {args.output}")
     return 0
 
@@ -181,7 +185,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from reports.compare import MISSING, REGRESSED, compare_runs
+    from reports.compare import INVALID, MISSING, REGRESSED, compare_runs
 
     try:
         base, new = _one(args.base), _one(args.new)
@@ -197,13 +201,17 @@ def cmd_compare(args) -> int:
         print(f"note: {note}")
     t = res.table()
     if args.quiet:
-        t.rows = [r for r in t.rows if r[-1] in (REGRESSED, MISSING)]
+        t.rows = [r for r in t.rows if r[-1] in (REGRESSED, MISSING, INVALID)]
     if t.rows:
         print(t.text())
+    for c in res.invalid:  # one line per failed measurement, whatever --quiet hides
+        print(f"INVALID in NEW: {c.record}: {c.new.removeprefix('INVALID: ')}")
     failed = res.failed(args.allow_missing)
-    print(f"{len(res.regressions)} regressed, {len(res.missing)} missing in NEW"
+    print(f"{len(res.regressions)} regressed, {len(res.invalid)} invalid in NEW, {len(res.missing)} missing in NEW"
           f"{' (allowed)' if args.allow_missing and res.missing else ''}, {len(res.added)} new in NEW; "
-          f"{res.compared} records compared, {res.unchanged} identical -> {'FAIL' if failed else 'PASS'}")
+          f"{res.compared} records compared, {res.unchanged} identical"
+          + (f", {len(res.invalid_base)} invalid in BASE (not baselines)" if res.invalid_base else "")
+          + f" -> {'FAIL' if failed else 'PASS'}")
     return 1 if failed else 0
 
 

@@ -12,18 +12,24 @@ Per record (model/dataset/variant/backend/batch) and metric:
 - energy per image (GPU, CPU): regresses when higher by more than ``energy_tol``.
 
 Records of BASE missing in NEW are reported (and fail unless ``allow_missing``).
+
+Validity (see Record.validity): a record whose guardrail or parity check failed is a failed
+measurement. An invalid BASE record is no baseline: it is not compared against and fails
+nothing. Every invalid record of NEW fails the gate (verdict INVALID, with its reasons), and
+latency ratios never divide by an invalid fp32 record.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reports.analysis import RATIO_BACKEND, latency_ratio
+from reports.analysis import RATIO_BACKEND, latency_ratio, no_baseline_reason
 from reports.history import History, Record
 from reports.tables import Table
 
 DEFAULTS = {"top1_tol": 0.5, "size_tol": 0.001, "latency_tol": 0.25, "energy_tol": 0.25}
 
 OK, REGRESSED, IMPROVED, SHOWN, MISSING, ADDED = "ok", "REGRESSED", "improved", "shown, not gated", "MISSING in NEW", "new in NEW"
+INVALID, NOT_A_BASELINE = "INVALID in NEW", "BASE invalid: not a baseline"
 
 
 @dataclass
@@ -49,8 +55,17 @@ class Result:
     def regressions(self) -> list[Change]:
         return [c for c in self.changes if c.verdict == REGRESSED]
 
+    @property
+    def invalid(self) -> list[Change]:
+        """NEW's failed measurements: each one fails the gate."""
+        return [c for c in self.changes if c.verdict == INVALID]
+
+    @property
+    def invalid_base(self) -> list[Change]:
+        return [c for c in self.changes if c.verdict == NOT_A_BASELINE]
+
     def failed(self, allow_missing: bool = False) -> bool:
-        return bool(self.regressions) or (bool(self.missing) and not allow_missing)
+        return bool(self.regressions) or bool(self.invalid) or (bool(self.missing) and not allow_missing)
 
     def table(self) -> Table:
         return Table("Changes from BASE to NEW", ["record", "metric", "BASE", "NEW", "change", "verdict"],
@@ -86,8 +101,19 @@ def compare_runs(base: History, new: History, *, top1_tol: float = DEFAULTS["top
                          "are not comparable; latency is judged by in-run ratios.")
     nb = new.by_key()
     base_keys = base.by_key()
+    for key, n in nb.items():
+        ok, reasons = n.validity()
+        if not ok:
+            b = base_keys.get(key)
+            res.changes.append(Change(n.label, "validity", "absent" if b is None else b.validity_text(),
+                                      "INVALID: " + "; ".join(reasons), "", INVALID))
     for key, b in base_keys.items():
         n = nb.get(key)
+        ok, reasons = b.validity()
+        if not ok:  # a failed measurement is nothing to hold NEW to
+            res.changes.append(Change(b.label, "record", "INVALID: " + "; ".join(reasons),
+                                      "absent" if n is None else n.validity_text(), "", NOT_A_BASELINE))
+            continue
         if n is None:
             res.missing.append(b.label)
             res.changes.append(Change(b.label, "record", "present", "absent", "", MISSING))
@@ -97,7 +123,7 @@ def compare_runs(base: History, new: History, *, top1_tol: float = DEFAULTS["top
                                 energy_tol, gate_absolute, ratio_backend, latency_stat)
         if found:
             res.changes += found
-        else:
+        elif n.valid:  # same numbers but a failed check is no "identical"
             res.unchanged += 1
     for key, n in nb.items():
         if key not in base_keys:
@@ -126,8 +152,9 @@ def _compare_record(b: Record, n: Record, base_run: list[Record], new_run: list[
         if c:
             out.append(c)
     elif not is_ref and (r0 is None) != (r1 is None):
+        which, run = ("BASE", base_run) if r0 is None else ("NEW", new_run)
         out.append(Change(label, what, _r(r0), _r(r1), "",
-                          f"not judged: no fp32 {ratio_backend} record in {'BASE' if r0 is None else 'NEW'}"))
+                          f"not judged: {no_baseline_reason(b if r0 is None else n, run, ratio_backend)} in {which}"))
     c = _higher_is_worse(label, f"{'per_image_us' if stat == 'median' else stat + ' µs/image'} (absolute)",
                          b.latency_us(stat), n.latency_us(stat), latency_tol, " µs", gated=gate_absolute)
     if c:

@@ -17,6 +17,13 @@ from typing import Any, Iterable, TextIO
 DEFAULT_ROOT = Path(".benchmarks")
 HISTORY_NAME = re.compile(r"^\d{4}_.*\.json$")
 KEY_FIELDS = ("model", "dataset", "variant", "backend", "batch")
+# A record without `parity_min` was checked against this (the harness's default then and now).
+DEFAULT_PARITY_MIN = 0.995
+INFERRED = "inferred: the record predates the `valid` field"
+# CPU features that decide which kernels run: the same list as squeezebench.machine.KERNEL_FLAGS
+# (copied, since reports read histories without the engine; a test keeps the two equal).
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+                "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "bf16")
 
 
 class HistoryError(Exception):
@@ -95,6 +102,79 @@ class Record:
         p, nz = self.n("params"), self.n("nonzero_params")
         return 1.0 - nz / p if p and nz is not None else None
 
+    @property
+    def validity_inferred(self) -> bool:
+        """True when the record has no ``valid`` field and validity() recomputed its checks."""
+        return not isinstance(self.info.get("valid"), bool)
+
+    def validity(self) -> tuple[bool, list[str]]:
+        """(valid, reasons): a record whose guardrail or parity check failed is a failed
+        measurement, never a result. Recorded ``valid``/``invalid_reasons`` where present; for
+        older records, recomputed from top1 vs top1_floor and parity_agreement vs parity_min
+        (99.5 % where absent), each reason then saying it was inferred."""
+        if not self.validity_inferred:
+            reasons = [str(x) for x in (self.info.get("invalid_reasons") or [])]
+            if not self.info["valid"] and not reasons:
+                reasons = ["marked invalid, no reason recorded"]
+            return bool(self.info["valid"]), reasons
+        reasons = []
+        top1, floor = self.n("top1"), self.n("top1_floor")
+        if top1 is not None and floor is not None and top1 < floor:
+            rule = self.get("top1_floor_rule")
+            reasons.append(f"top-1 {top1:.2f}% < floor {floor:.2f}%" + (f" ({rule})" if rule else "")
+                           + f" [{INFERRED}]")
+        agree, pmin = self.n("parity_agreement"), self.n("parity_min")
+        assumed = pmin is None
+        pmin = DEFAULT_PARITY_MIN if assumed else pmin
+        if agree is not None and agree < pmin:
+            reasons.append(f"parity {agree:.2%} < minimum {pmin:.2%}"
+                           + (" (parity_min not recorded: the default assumed)" if assumed else "")
+                           + f" [{INFERRED}]")
+        return not reasons, reasons
+
+    @property
+    def valid(self) -> bool:
+        return self.validity()[0]
+
+    def validity_text(self) -> str:
+        """'ok', 'ok (inferred)' or 'INVALID: reason; reason' for tables."""
+        ok, reasons = self.validity()
+        if ok:
+            return "ok (inferred)" if self.validity_inferred else "ok"
+        return "INVALID: " + "; ".join(reasons)
+
+    def parity_text(self) -> str:
+        """Agreement with the reference against its minimum, e.g. '99.92% (min 95.0%)'."""
+        agree = self.n("parity_agreement")
+        if agree is None:
+            return "—"
+        pmin = self.n("parity_min")
+        txt = f"{agree:.2%} (min {(DEFAULT_PARITY_MIN if pmin is None else pmin):.1%}"
+        txt += "" if pmin is not None else ", assumed"
+        check = str(self.get("parity_check") or "")
+        return txt + (", round trip only)" if check.startswith("artifact round trip") else ")")
+
+    def computed_in(self) -> str:
+        """What really computed a record where a name could mislead: a precision the runtime chose
+        over the hint (OpenVINO fp16 -> bf16), and for int8 variants (or any int8 share) how much
+        ran in int8 (int8_label / int8_share; older records: int8_kernels). '' when nothing to say."""
+        parts = []
+        rt = self.get("runtime") if isinstance(self.get("runtime"), dict) else {}
+        eff, hint = rt.get("inference_precision_effective"), rt.get("inference_precision_hint")
+        if eff and hint and str(eff).lower() != str(hint).lower():
+            parts.append(f"ran {eff} (hint {hint})")
+        label, share = self.get("int8_label"), self.n("int8_share")
+        # A float variant labelled float says nothing new; an int8 one must show how int8 it was.
+        if "int8" in str(self["variant"]) or (share or 0) > 0:
+            if label:
+                parts.append(str(label) + (f" (int8 share {share:.2f})" if share is not None and "share" not in str(label)
+                                           else ""))
+            elif share is not None:
+                parts.append(f"int8 share {share:.2f}")
+            elif self.get("int8_kernels") is False:
+                parts.append("float kernels: no int8 ran")
+        return "; ".join(parts)
+
 
 @dataclass
 class Machine:
@@ -126,18 +206,71 @@ class History:
         return {r.key: r for r in self.records}
 
 
+def _flag_key(flag: str) -> str:
+    return str(flag).lower().replace("_", "")  # avx512_vnni (Linux) = avx512vnni (cpuid)
+
+
+def cpu_isa(mi: dict) -> list[str] | None:
+    """The KERNEL_FLAGS a machine has, from squeezebench's own facts (/proc/cpuinfo) and
+    py-cpuinfo's flag list in pytest-benchmark's machine_info together: py-cpuinfo already merges
+    cpuid with /proc/cpuinfo, so the union keeps a machine the same before and after records
+    carried their own list. None when neither recorded flags."""
+    own = (mi.get("squeezebench") or {}).get("cpu_isa")
+    cpuinfo = (mi.get("cpu") or {}).get("flags")
+    sources = [x for x in (own, cpuinfo) if isinstance(x, list)]
+    if not sources or (own is None and not cpuinfo):  # an empty py-cpuinfo list: not recorded
+        return None
+    have = {_flag_key(x) for src in sources for x in src}
+    return [f for f in KERNEL_FLAGS if _flag_key(f) in have]
+
+
+def isa_tier(isa: list[str] | None) -> str:
+    """A short name for the widest vector/matrix extension, for machine labels."""
+    if isa is None:
+        return ""
+    s = set(isa)
+    if "amx_tile" in s:
+        return "AMX" + "".join(f"-{x[4:].upper()}" for x in ("amx_bf16", "amx_int8") if x in s)
+    if "avx512f" in s:
+        return "AVX-512" + "".join(f"+{x.split('_')[1].upper()}" for x in ("avx512_vnni", "avx512_bf16", "avx512_fp16")
+                                   if x in s)
+    if "avx2" in s:
+        return "AVX2" + ("+VNNI" if "avx_vnni" in s else "")
+    if "asimd" in s:
+        return "NEON" + ("+dotprod" if "asimddp" in s else "") + ("+SVE" if "sve" in s else "")
+    return "no AVX2"
+
+
 def machine_of(mi: dict) -> Machine:
-    """Which machine a history comes from: node, CPU and GPUs (pytest-benchmark's machine_info
-    plus squeezebench's facts)."""
+    """Which machine a history comes from, by what decides its speed: CPU vendor, family and
+    model, the kernel-relevant ISA flags, available cores and GPUs (squeezebench's facts, else
+    py-cpuinfo's in pytest-benchmark's machine_info). Not by node name: two hosts with the same
+    facts are one machine (e.g. CI runners of one instance type), and one host name on two
+    different CPUs is two. Histories that predate family/model fall back to the CPU brand string;
+    without flags the ISA is unknown and only matches unknown."""
     sb = mi.get("squeezebench") or {}
-    cpu = sb.get("cpu_model") or (mi.get("cpu") or {}).get("brand_raw") or mi.get("processor") or mi.get("machine") or "?"
+    ci = mi.get("cpu") or {}
+    brand = sb.get("cpu_model") or ci.get("brand_raw") or mi.get("processor") or mi.get("machine") or "?"
+    vendor = sb.get("cpu_vendor") or ci.get("vendor_id_raw")
+    family = sb.get("cpu_family") if sb.get("cpu_family") is not None else ci.get("family")
+    model = sb.get("cpu_model_id") if sb.get("cpu_model_id") is not None else ci.get("model")
+    isa = cpu_isa(mi)
+    cores = sb.get("cpu_cores_available", ci.get("count"))
     gpus = [g for g in (sb.get("gpus") or []) if g and g != "none"]
     node = mi.get("node") or "?"
-    key = "|".join([node, cpu, ",".join(gpus)])
-    label = f"{node} ({cpu}" + (f"; {', '.join(gpus)}" if gpus else "") + ")"
+    cpu_id = (f"{vendor or '?'} family {family} model {model}" if family is not None and model is not None
+              else f"brand {brand}")
+    key = "|".join([str(mi.get("machine") or ci.get("arch") or "?"), cpu_id,
+                    "isa " + (" ".join(isa) if isa is not None else "?"), f"{cores} cores", ",".join(gpus)])
+    detail = ", ".join(x for x in (isa_tier(isa), f"{cores} cores" if cores else "") if x)
+    label = f"{node} ({brand}" + (f", {detail}" if detail else "") + (f"; {', '.join(gpus)}" if gpus else "") + ")"
     facts = {
-        "node": node, "cpu": cpu, "gpus": ", ".join(gpus) or "none",
-        "cores available": sb.get("cpu_cores_available", (mi.get("cpu") or {}).get("count")),
+        "node": node, "cpu": brand,
+        "CPU family/model": cpu_id if family is not None else "not recorded",
+        "ISA": (" ".join(isa) or "none of " + " ".join(KERNEL_FLAGS[:3]) + "...") if isa is not None
+               else "not recorded (no CPU flags in this history)",
+        "gpus": ", ".join(gpus) or "none",
+        "cores available": cores,
         "threads": sb.get("threads"), "memory GiB": sb.get("memory_gib"),
         "python": mi.get("python_version"), "system": f"{mi.get('system', '')} {mi.get('release', '')}".strip(),
         "profile": sb.get("profile"),

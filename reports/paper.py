@@ -150,6 +150,14 @@ class Ours:
 class Lookup:
     def __init__(self, history: History, backend: str, batch: int):
         self.records, self.backend, self.batch = history.records, backend, batch
+        self.invalid: dict[str, list[str]] = {}  # label -> reasons, of the invalid records found
+
+    def invalid_notes(self) -> list[str]:
+        """Table notes for the invalid records found since the last call."""
+        notes = [f"INVALID {label}: {'; '.join(reasons)} (a failed measurement, shown marked, not a result)"
+                 for label, reasons in self.invalid.items()]
+        self.invalid = {}
+        return notes
 
     def _find(self, model: str, dataset: str, variant: str) -> Ours:
         match = [r for r in self.records if r["dataset"] == dataset and r["variant"] == variant
@@ -166,7 +174,11 @@ class Lookup:
             for alt in QUANT_ALTERNATES:
                 other = self._find(model, dataset, "+".join(alt if t == QUANT_TOKEN else t for t in variant.split("+")))
                 if other.record is not None:
-                    return other
+                    found = other
+                    break
+        for r in (found.timed, found.record):
+            if r is not None and not r.valid:
+                self.invalid[r.label] = r.validity()[1]
         return found
 
 
@@ -187,7 +199,10 @@ def _our_cells(o: Ours, backend: str, batch: int) -> list[str]:
     art = f"{fmt_kb(size)} ({'compressed' if field == 'compressed_bytes' else r['artifact_format'] or 'artifact'})"
     t = fmt_sci(o.timed.per_image_s) if o.timed is not None and o.timed.per_image_s is not None else \
         f"no {backend} b{batch} record"
-    return [fmt(r.n("top1")), art, params_kb, t]
+    if o.timed is not None and not o.timed.valid:
+        t = f"INVALID: {t}"
+    # A failed measurement keeps its number, marked: the table note gives the reason.
+    return [("" if r.valid else "INVALID: ") + fmt(r.n("top1")), art, params_kb, t]
 
 
 def project_rows(n: int) -> list[tuple[str, str, str]]:
@@ -230,7 +245,7 @@ def results_table(n: int, rows: list[dict], look: Lookup, caption: str) -> Table
         o = look.find(m, d, v)
         ours = _our_cells(o, look.backend, look.batch)
         out.append([d, m, ONLY_OURS, "—", _variant_label(o), ours[0], "—", ours[1], ours[2], "—", ours[3], "—", "—", ""])
-    return Table(f"Table {n}. {caption}", cols, out, anchor=f"table-{n}")
+    return Table(f"Table {n}. {caption}", cols, out, notes=look.invalid_notes(), anchor=f"table-{n}")
 
 
 def best_table(n: int, rows: list[dict], all_rows: list[dict], look: Lookup, caption: str) -> Table:
@@ -252,7 +267,7 @@ def best_table(n: int, rows: list[dict], all_rows: list[dict], look: Lookup, cap
         ours = [cells[1], cells[2]] if n == 19 else [cells[3], cells[0]]
         out.append([b["setting"], b["dataset"], b["model"], study_row, _variant_label(o), val or "—", *ours,
                     how + (f"; study note: {b['note']}" if b["note"] else "")])
-    return Table(f"Table {n}. {caption}", cols, out, anchor=f"table-{n}")
+    return Table(f"Table {n}. {caption}", cols, out, notes=look.invalid_notes(), anchor=f"table-{n}")
 
 
 def _layer_counts(rec: Record, with_bias: bool) -> dict[str, int] | None:
@@ -296,9 +311,11 @@ def params_table(n: int, rows: list[dict], look: Lookup, caption: str) -> Table:
                 ours = str(sum(counts[k] for k in layer_cols if k in counts))
             else:
                 ours = str(counts[c]) if c in counts else "—"
-            cells.append(f"{ours} / {study or '—'}")
+            invalid = rec is not None and not rec.valid and c == "total"
+            cells.append(f"{'INVALID: ' if invalid else ''}{ours} / {study or '—'}")
         out.append([r["setting"], _variant_label(o), *cells, r["note"]])
     notes = [f"counts: nonzero weights{' + biases' if with_bias else ' (no biases)'} per layer, as the study counts them here"]
+    notes += look.invalid_notes()  # counts are static facts; an invalid record's are still shown
     return Table(f"Table {n}. {caption}", cols, out, notes=notes, anchor=f"table-{n}")
 
 
@@ -353,4 +370,7 @@ def preamble(history: History, backend: str, batch: int) -> list[str]:
         f"teacher, sparsityN to pruneN, dense / dense+conv to {SETTING_TOKENS['dense']} / "
         f"{SETTING_TOKENS['dense+conv']}. Rows marked '{ONLY_OURS}' are the project's paper profile's "
         f"extra variants (squeezebench.paper.PAPER_TABLES).",
+        f"Validity: a record whose top-1 guardrail or parity check failed is a failed measurement: its cells "
+        f"are marked INVALID and the table's notes give the reason "
+        f"({sum(not r.valid for r in history.records)} of {len(history.records)} records in this history).",
     ]

@@ -243,13 +243,29 @@ def energy_unavailable_reasons(records: list[Record]) -> list[str]:
     return sorted(reasons)
 
 
+def invalid_left_out(records: list[Record]) -> str:
+    """The note for plots drawn without the invalid records ('' when there are none)."""
+    bad = [r for r in records if not r.valid]
+    if not bad:
+        return ""
+    names = ", ".join(r.label for r in bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+    return (f"Left out: {len(bad)} invalid record{'s' if len(bad) > 1 else ''} (top-1 guardrail or parity check "
+            f"failed: failed measurements, not results): {names}.")
+
+
 def all_plots(records: list[Record], out: Path, prefix: str = "", formats: tuple[str, ...] = FORMATS) -> list[Plot]:
-    """Every figure the records support, as PNG (always) and SVG (when in ``formats``)."""
+    """Every figure the records support, as PNG (always) and SVG (when in ``formats``). Invalid
+    records are left out (a failed measurement must not sit on a Pareto front); each caption says so."""
     out = Path(out)
+    note = invalid_left_out(records)
+    records = [r for r in records if r.valid]
     _formats[:] = formats
     try:
-        return (pareto_plots(records, out, prefix) + latency_plots(records, out, prefix)
-                + sparsity_plots(records, out, prefix) + temperature_plots(records, out, prefix)
-                + energy_plots(records, out, prefix))
+        plots = (pareto_plots(records, out, prefix) + latency_plots(records, out, prefix)
+                 + sparsity_plots(records, out, prefix) + temperature_plots(records, out, prefix)
+                 + energy_plots(records, out, prefix))
     finally:
         _formats[:] = FORMATS
+    for p in plots:
+        p.caption += f" {note}" if note else ""
+    return plots

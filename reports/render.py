@@ -42,7 +42,7 @@ def machine_runs(histories: list[History]) -> list[Run]:
         m = hs[-1].machine
         for j, h in enumerate(hs):
             short = f"M{i + 1}" + (f".{j + 1}" if len(hs) > 1 else "")
-            out.append(Run(f"{short}: {m.label}, {h.path.name}", short, m.label, m.facts, h))
+            out.append(Run(f"{short}: {m.label}, {h.path.name}", short, m.label, h.machine.facts, h))
     return out
 
 
@@ -54,7 +54,9 @@ def machines_table(runs: list[Run]) -> Table:
     keys: list[str] = []
     for rs in ms:
         keys += [k for k in rs[0].facts if k not in keys]
-    rows = [[k] + [fmt(rs[-1].facts.get(k)) for rs in ms] for k in keys]
+    # Runs of one machine may differ in what does not decide speed (node name, library
+    # versions): every value is shown, oldest first.
+    rows = [[k] + [" / ".join(dict.fromkeys(fmt(r.facts.get(k)) for r in rs)) for rs in ms] for k in keys]
     rows.append(["histories"] + ["; ".join(f"{r.short} = {r.history.path.name} (commit {r.history.commit}, "
                                            f"{r.history.datetime[:19]})" for r in rs) for rs in ms])
     return Table("Machines", ["fact"] + [f"M{i + 1}: {rs[0].machine}" for i, rs in enumerate(ms)], rows,
@@ -71,28 +73,42 @@ def side_by_side_table(runs: list[Run]) -> Table:
     keys = sorted({r.key for run in runs for r in run.records}, key=_sort_key)
     per = [{r.key: r for r in run.records} for run in runs]
     cols = ["model", "dataset", "variant", "backend", "batch"]
+    per_run = ["validity", "top-1 %", "µs/image p50", "p99", f"vs fp32 {RATIO_BACKEND}", "size kB",
+               "energy mJ/image", "parity (min)", "computed in"]
     for run in runs:
         p = f"{run.short} " if len(runs) > 1 else ""
-        cols += [f"{p}top-1 %", f"{p}µs/image p50", f"{p}p99", f"{p}vs fp32 {RATIO_BACKEND}",
-                 f"{p}size kB", f"{p}energy mJ/image"]
+        cols += [p + c for c in per_run]
     rows = []
+    n_invalid = n_inferred = 0
     for k in keys:
         row = [str(x) for x in k]
         for run, idx in zip(runs, per):
             r = idx.get(k)
             if r is None:
-                row += [MISSING, "", "", "", "", ""]
+                row += [MISSING] + [""] * (len(per_run) - 1)
                 continue
             size, field = r.size()
             e, src = r.energy_j_per_image()
-            row += [fmt(r.n("top1")), fmt(r.n("per_image_us"), 1), fmt(r.n("latency_p99_us"), 1),
+            n_invalid += not r.valid
+            n_inferred += r.validity_inferred
+            row += [r.validity_text(), fmt(r.n("top1")), fmt(r.n("per_image_us"), 1), fmt(r.n("latency_p99_us"), 1),
                     fmt_x(latency_ratio(r, run.records)),
                     fmt_kb(size) + ("" if field == "compressed_bytes" else f" ({r['artifact_format'] or 'file'})"),
-                    fmt(e * 1000, 3) + (" GPU" if src and "gpu" in src else " CPU") if e is not None else "—"]
+                    fmt(e * 1000, 3) + (" GPU" if src and "gpu" in src else " CPU") if e is not None else "—",
+                    r.parity_text(), r.computed_in() or "—"]
         rows.append(row)
-    notes = [f"vs fp32 {RATIO_BACKEND}: per-image time over the fp32 {RATIO_BACKEND} record of the same "
-             "model/dataset/batch in the same run (what the compare gate judges).",
-             "size: compressed_bytes where recorded, else the backend's artifact_bytes (format named); 1 kB = 1000 B."]
+    notes = [f"validity: INVALID = the record's top-1 guardrail or parity check failed: a failed measurement, "
+             f"not a result, and never a baseline ({n_invalid} here). 'ok (inferred)': recorded before records "
+             f"carried `valid`; recomputed from top1_floor and parity_min ({n_inferred} here).",
+             f"vs fp32 {RATIO_BACKEND}: per-image time over the fp32 {RATIO_BACKEND} record of the same "
+             "model/dataset/batch in the same run (what the compare gate judges); — when that record is "
+             "missing or invalid.",
+             "size: compressed_bytes where recorded, else the backend's artifact_bytes (format named); 1 kB = 1000 B.",
+             "parity (min): share of top-1 predictions equal to the reference's, and the minimum the record "
+             "had to reach; 'round trip only': torch-cpu against the same torch module (no independent check).",
+             "computed in: what really ran where the variant's name could mislead: a precision the runtime "
+             "chose over the hint (e.g. fp16 run in bf16), and for int8 variants how much of the model ran in "
+             "int8 (int8_label, int8_share of the MACs); — when nothing differs or the record does not say."]
     return Table("Results" + (" side by side" if len(runs) > 1 else ""), cols, rows, notes=notes, anchor="results")
 
 
@@ -103,12 +119,14 @@ def reality_table(run: Run, title: str) -> Table:
         rows.append([r["model"], r["dataset"], r["variant"], r["backend"], str(r["batch"]),
                      fmt_x(x.speedup), fmt_x(x.mac_reduction), fmt_x(x.nonzero_reduction),
                      fmt_x(x.size_reduction) + ("" if x.size_field == "compressed_bytes" else " (file)"),
-                     ("⚠ " + x.flag) if x.flag else "ok"])
+                     (x.flag if x.flag.startswith(("INVALID", "not compared")) else "⚠ " + x.flag) if x.flag
+                     else "ok"])
     return Table(title, ["model", "dataset", "variant", "backend", "batch", "speedup vs fp32",
                          "MACs reduction", "nonzero-weight reduction", "size reduction", "is it real?"], rows,
                  notes=["Each variant against the fp32 baseline on the same backend, batch, model and dataset, "
                         "in the same run. Flagged: size or nonzero weights went down, time did not "
-                        "(e.g. dense kernels multiply the zeros anyway)."],
+                        "(e.g. dense kernels multiply the zeros anyway). INVALID: the variant's record failed "
+                        "its guardrail or parity check; an invalid fp32 record is no baseline (not compared)."],
                  anchor="reality")
 
 

@@ -40,7 +40,7 @@ class Table:
                 cells = []
                 for c in row:
                     s = str(c)
-                    cls = ' class="missing"' if s == MISSING else (' class="bad"' if s.startswith(("REGRESSED", "⚠")) else "")
+                    cls = ' class="missing"' if s == MISSING else (' class="bad"' if s.startswith(("REGRESSED", "⚠", "INVALID")) else "")
                     cells.append(f"<td{cls}>{e(s)}</td>")
                 out.append("<tr>" + "".join(cells) + "</tr>")
             out.append("</tbody></table>")

@@ -4,6 +4,7 @@ Thin on purpose: every decision lives in the engine (profiles, workbench, backen
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 
 import pytest
 
@@ -118,3 +119,32 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "threads": config.getoption("sb_threads") or available_cores(),
         "profile": profile.name,
     }
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator[None, object, None]:
+    """Backstop for record validity: pytest-benchmark saves the record of a test that failed after
+    its measurement, so any failure in the call phase (a guardrail assert, an exception) marks
+    that record ``valid: False`` with the failure's first line among its ``invalid_reasons``."""
+    outcome = yield
+    if call.when != "call" or call.excinfo is None or call.excinfo.errisinstance(pytest.skip.Exception):
+        return
+    fixture = getattr(item, "funcargs", {}).get("benchmark")
+    info = getattr(fixture, "extra_info", None)
+    if not isinstance(info, dict):
+        return
+    report = outcome.get_result()
+    text = str(call.excinfo.value).strip() or call.excinfo.typename
+    line = f"test failed: {text.splitlines()[0][:300]}"
+    if hasattr(report, "wasxfail"):
+        line += " (xfail)"
+    reasons = list(info.get("invalid_reasons") or [])
+    # The bench test's own assert repeats the reasons it already recorded: do not list them twice.
+    if not (reasons and info.get("valid") is False and all(r in text for r in reasons)):
+        reasons.append(line)
+    # In place: pytest-benchmark's saved stats hold this very dict (unless the test rebound
+    # extra_info after measuring, hence the second update).
+    info.update(valid=False, invalid_reasons=reasons)
+    saved = getattr(getattr(fixture, "stats", None), "extra_info", None)
+    if isinstance(saved, dict) and saved is not info:
+        saved.update(valid=False, invalid_reasons=list(reasons))

@@ -70,7 +70,7 @@ def parity_fields(backend: str, variant: Variant) -> dict:
     quant = variant.facts.get("quantization")
     ref = quant.get("reference") if isinstance(quant, dict) else None
     dtype = str(variant.arch.get("dtype", "float32"))
-    reference = (f"{ref}: the variant's torch module, in process" if ref
+    reference = (f"{ref} (the variant's torch module, in process)" if ref
                  else f"the variant's torch module in process ({dtype})")
     if backend == "torch-cpu":
         # A quantize step writes its own torch artifact (int8 modules); otherwise it is the reference module.

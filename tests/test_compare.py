@@ -158,3 +158,56 @@ def test_min_statistic_ignores_a_disturbed_median(tmp_path, capsys):
     new.write_text(json.dumps(d))
     rc, out = run(capsys, HISTORY, new, "--latency-stat", "min")
     assert rc == 1 and "min latency / fp32" in [ln for ln in out.splitlines() if REGRESSED in ln][0]
+
+
+# -- invalid records: never a baseline, always a failure in NEW ------------------------------------
+KD4 = ("lenet300_100", "mnist", "kd-t4", "torch-cpu", 1)
+FP32_CPU = ("lenet300_100", "mnist", "fp32", "torch-cpu", 1)
+KD4_REASON = "top-1 93.10% < floor 94.59% (fp32 baseline 98.59% - allowed drop 4.00 pp)"
+
+
+def test_invalid_record_in_new_fails_the_gate_naming_it(tmp_path, capsys):
+    # Same numbers as BASE: only the failed check differs, and that alone must fail.
+    new = planted(tmp_path, only(KD4, lambda e: e.update(valid=False, invalid_reasons=[KD4_REASON])))
+    rc, out = run(capsys, HISTORY, new, "--quiet")
+    assert rc == 1, out
+    assert f"INVALID in NEW: lenet300_100/mnist kd-t4 torch-cpu b1: {KD4_REASON}" in out
+    assert "1 invalid in NEW" in out and "FAIL" in out and REGRESSED not in out
+
+
+def test_old_record_failing_its_floor_in_new_is_invalid_by_inference(tmp_path, capsys):
+    new = planted(tmp_path, only(KD4, lambda e: e.update(top1_floor=e["top1"] + 0.01)))  # no `valid` field
+    rc, out = run(capsys, HISTORY, new)
+    assert rc == 1 and "INVALID in NEW: lenet300_100/mnist kd-t4 torch-cpu b1: top-1 97.10% < floor 97.11%" in out
+    assert "inferred" in out
+
+
+def test_invalid_base_record_is_not_a_baseline(tmp_path, capsys):
+    # A failed BASE run that looked better (higher top-1, faster, smaller) must not fail NEW.
+    def failed_but_shiny(e):
+        e.update(top1=e["top1"] + 1.5, per_image_us=e["per_image_us"] / 3, artifact_bytes=e["artifact_bytes"] // 2,
+                 valid=False, invalid_reasons=["parity 90.00% < minimum 95.00%: onnxruntime"])
+
+    base = planted(tmp_path, only(INT8_ORT, failed_but_shiny), name="0001_base.json")
+    rc, out = run(capsys, base, HISTORY)
+    assert rc == 0, out
+    line = next(ln for ln in out.splitlines() if "int8-static onnxruntime" in ln)
+    assert "BASE invalid: not a baseline" in line and "parity 90.00% < minimum 95.00%" in line
+    assert REGRESSED not in out and "1 invalid in BASE (not baselines)" in out and "PASS" in out
+    # missing from NEW too: still nothing to fail on
+    d = json.loads(HISTORY.read_text())
+    d["benchmarks"] = [b for b in d["benchmarks"] if key(b["extra_info"]) != INT8_ORT]
+    (tmp_path / "0002_without.json").write_text(json.dumps(d))
+    rc, out = run(capsys, base, tmp_path / "0002_without.json")
+    assert rc == 0 and "MISSING in NEW" not in out, out
+
+
+def test_latency_ratio_never_divides_by_an_invalid_fp32_record(tmp_path, capsys):
+    # BASE's fp32 torch-cpu failed and ran 10x slow: every BASE ratio would look 10x better.
+    base = planted(tmp_path, only(FP32_CPU, lambda e: e.update(
+        per_image_us=e["per_image_us"] * 10, valid=False, invalid_reasons=["top-1 10.00% < floor 98.00%"])),
+        name="0001_base.json")
+    rc, out = run(capsys, base, HISTORY)
+    assert rc == 0, out
+    assert REGRESSED not in out
+    assert "not judged: the fp32 torch-cpu record is invalid in BASE" in out

@@ -93,3 +93,118 @@ def test_help_documents_measurement_options(tmp_path):
     text = " ".join(p.stdout.split())
     assert "--sb-min-time" in text and "Default: --benchmark-max-time (pytest-benchmark's, 1.0)" in text
     assert "--sb-energy-window" in text and "0 disables" in text
+
+
+# -- record validity and parity facts (issue "Records that hold on every machine") ----------------
+def _fake_variant(facts: dict | None = None, writers: dict | None = None, dtype: str = "float32"):
+    return SimpleNamespace(facts=facts or {}, writers=writers or {}, arch={"dtype": dtype}, chain=[], model=None)
+
+
+def _fake_record(tmp_path, *, backend="onnxruntime", top1=98.5, parity=1.0, variant=None):
+    from squeezebench.record import build_extra_info
+
+    f = tmp_path / "model.onnx"
+    f.write_bytes(b"x" * 10)
+    case = SimpleNamespace(model="lenet300_100", dataset="mnist", variant="fp32", backend=backend, batch=1)
+    artifact = SimpleNamespace(nbytes=10, files=[f], format="onnx")
+    session = SimpleNamespace(facts=dict, threads=1, device_name="cpu")
+    ev = SimpleNamespace(top1=top1, n_images=10000, parity_agreement=parity, max_abs_logit_diff=0.0)
+    static = {"params": 1, "nonzero_params": 1, "macs": 1}
+    return build_extra_info(case, variant or _fake_variant(), artifact, session, ev, static, 98.0, [1e-4, 2e-4],
+                            extra={"top1_floor_rule": "floor for lenet300_100 on mnist"})
+
+
+def test_every_record_holds_validity_and_parity_facts(tmp_path):
+    from squeezebench.record import REQUIRED_FIELDS
+
+    info = _fake_record(tmp_path)
+    assert not [k for k in REQUIRED_FIELDS if info.get(k) is None]
+    assert info["valid"] is True and info["invalid_reasons"] == []
+    assert info["parity_min"] == 0.995 and info["parity_check"] == "cross-runtime: onnxruntime against torch"
+
+
+def test_failed_guardrail_and_parity_make_an_invalid_record_naming_value_and_bound(tmp_path):
+    info = _fake_record(tmp_path, top1=97.1, parity=0.9812)
+    assert info["valid"] is False
+    top1, parity = info["invalid_reasons"]
+    assert top1 == "top-1 97.10% < floor 98.00% (floor for lenet300_100 on mnist)"
+    assert parity.startswith("parity 98.12% < minimum 99.50%: onnxruntime top-1 predictions against the variant's")
+
+
+def test_parity_minimum_and_reference_come_from_the_variant(tmp_path):
+    from squeezebench.record import ROUND_TRIP, parity_fields
+
+    fp32 = _fake_variant()
+    assert parity_fields("torch-cpu", fp32) == {
+        "parity_min": 0.995, "parity_reference": "the variant's torch module in process (float32)",
+        "parity_check": ROUND_TRIP}  # torch against its own module: no independent check
+    assert parity_fields("openvino", fp32)["parity_check"] == "cross-runtime: openvino against torch"
+    int8 = _fake_variant({"parity_min": 0.95, "quantization": {"reference": "fp32 model (each runtime calibrates itself)"}},
+                         writers={"torch": lambda out: "model.pt"})
+    f = parity_fields("torch-cpu", int8)
+    assert f["parity_min"] == 0.95 and f["parity_reference"].startswith("fp32 model (each runtime calibrates itself)")
+    assert f["parity_check"].startswith("same runtime, another module")
+    # 96 % passes a static int8 record's 95 % minimum, not the default 99.5 %
+    assert _fake_record(tmp_path, parity=0.96, variant=int8)["valid"] is True
+    assert _fake_record(tmp_path, parity=0.96)["valid"] is False
+
+
+BACKSTOP_TESTS = '''
+def test_guardrail(benchmark):
+    benchmark(lambda: sum(range(50)))
+    benchmark.extra_info.update(valid=True, invalid_reasons=[])
+    top1, floor = 97.1, 98.0
+    assert top1 >= floor, f"top-1 {top1:.2f}% < floor {floor:.2f}% (fp32 baseline 98.50% - allowed drop 0.50 pp)"
+
+def test_crash_after_measuring(benchmark):
+    benchmark(lambda: sum(range(50)))
+    benchmark.extra_info.update(valid=True, invalid_reasons=[])
+    raise RuntimeError("energy window broke\\nsecond line")
+
+def test_reasons_already_recorded(benchmark):
+    benchmark(lambda: sum(range(50)))
+    reasons = ["parity 90.00% < minimum 95.00%: openvino"]
+    benchmark.extra_info.update(valid=False, invalid_reasons=reasons)
+    assert not reasons, "; ".join(reasons) + " (chain none)"
+
+def test_passes(benchmark):
+    benchmark(lambda: sum(range(50)))
+    benchmark.extra_info.update(valid=True, invalid_reasons=[])
+'''
+
+
+def test_a_failed_benchmark_test_saves_its_record_as_invalid(tmp_path):
+    """pytest-benchmark saves a failed test's record with its extra_info: the plugin marks it invalid."""
+    (tmp_path / "test_x.py").write_text(BACKSTOP_TESTS)
+    out = tmp_path / "b.json"
+    cmd = [sys.executable, "-m", "pytest", "-p", "squeezebench.pytest_plugin", "-p", "no:cacheprovider",
+           "--rootdir", str(tmp_path), "-q", str(tmp_path / "test_x.py"), "--benchmark-max-time=0.01",
+           f"--benchmark-json={out}"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "3 failed, 1 passed" in p.stdout, p.stdout + p.stderr
+    saved = {b["name"]: b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]}
+    assert saved["test_passes"] == {"valid": True, "invalid_reasons": []}
+    g = saved["test_guardrail"]
+    assert g["valid"] is False
+    assert g["invalid_reasons"] == ["test failed: top-1 97.10% < floor 98.00% (fp32 baseline 98.50% - allowed drop 0.50 pp)"]
+    c = saved["test_crash_after_measuring"]
+    assert c["valid"] is False and c["invalid_reasons"] == ["test failed: energy window broke"]
+    r = saved["test_reasons_already_recorded"]
+    assert r == {"valid": False, "invalid_reasons": ["parity 90.00% < minimum 95.00%: openvino"]}  # not twice
+
+
+def test_cpu_identity_from_proc_cpuinfo():
+    from reports.history import KERNEL_FLAGS as REPORTS_FLAGS
+    from squeezebench.machine import KERNEL_FLAGS, kernel_flags, parse_cpuinfo
+
+    text = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+            "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw "
+            "avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_bf16 amx_int8 avx_vnni\n\n"
+            "processor\t: 1\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n")
+    assert parse_cpuinfo(text) == {
+        "cpu_vendor": "GenuineIntel", "cpu_family": 6, "cpu_model_id": 143,
+        "cpu_isa": ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+                    "amx_tile", "amx_bf16", "amx_int8"]}
+    assert parse_cpuinfo("processor: 0\n")["cpu_isa"] is None  # no flag list: unknown, not "none"
+    assert kernel_flags(["avx2", "avx512vnni", "avx512f"]) == ["avx2", "avx512f", "avx512_vnni"]  # py-cpuinfo spelling
+    assert KERNEL_FLAGS == REPORTS_FLAGS  # reports keep a copy (they read histories without the engine)

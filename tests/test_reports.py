@@ -262,7 +262,7 @@ def test_html_report_is_self_contained_and_side_by_side(tmp_path, capsys):
     assert "<link" not in doc and "<script src" not in doc
     assert "Is this compression real?" in doc and "dense kernels ignore zeros" in doc
     # two machines, side by side
-    assert "M1: vm (AMD EPYC)" in doc and "M2: gpubox (Intel Xeon; NVIDIA H100)" in doc
+    assert "M1: vm (AMD EPYC, 2 cores)" in doc and "M2: gpubox (Intel Xeon, 2 cores; NVIDIA H100)" in doc
     assert "M1 top-1 %" in doc and "M2 top-1 %" in doc
     assert "Table 3. Pruning LeNet-300-100 on MNIST" in doc
 
@@ -288,3 +288,217 @@ def test_help_lists_the_views():
     assert p.returncode == 0
     for view in ("summary", "paper", "plots", "markdown", "html", "compare"):
         assert re.search(rf"^\s+{view}\s", p.stdout, re.M), view
+
+
+# -- records that hold on every machine: validity, parity, machine identity, what really ran -----
+ROOT = Path(__file__).resolve().parents[1]
+KD4 = ("lenet300_100", "mnist", "kd-t4", "torch-cpu", 1)
+FP32_CPU = ("lenet300_100", "mnist", "fp32", "torch-cpu", 1)
+INT8_ORT = ("lenet300_100", "mnist", "int8-static", "onnxruntime", 1)
+KD4_REASON = "top-1 93.10% < floor 94.59% (fp32 baseline 98.59% - allowed drop 4.00 pp)"
+
+
+def planted(tmp_path: Path, changes: dict, name: str = "0002_planted.json", machine=None) -> Path:
+    """A copy of the committed history with ``changes[key](extra_info)`` applied to those records
+    and ``machine(machine_info)`` to its machine."""
+    d = json.loads(HISTORY.read_text())
+    for b in d["benchmarks"]:
+        e = b["extra_info"]
+        fn = changes.get(tuple(e[k] for k in ("model", "dataset", "variant", "backend", "batch")))
+        if fn:
+            fn(e)
+    if machine:
+        machine(d["machine_info"])
+    return _write(tmp_path / name, d)
+
+
+def failed_kd(e: dict) -> None:
+    e.update(top1=93.1, valid=False, invalid_reasons=[KD4_REASON])
+
+
+def test_validity_is_recorded_or_inferred_for_old_records(tmp_path):
+    h = load_history(planted(tmp_path, {
+        KD4: failed_kd,
+        ("lenet300_100", "mnist", "kd-t2", "torch-cpu", 1): lambda e: e.update(top1=90.0),  # old record, below floor
+        ("lenet300_100", "mnist", "prune80", "onnxruntime", 1): lambda e: e.update(parity_agreement=0.99),
+        INT8_ORT: lambda e: e.update(parity_agreement=0.96, parity_min=0.95),
+    }))
+    by = h.by_key()
+    assert by[KD4].validity() == (False, [KD4_REASON]) and not by[KD4].validity_inferred
+    ok, why = by[("lenet300_100", "mnist", "kd-t2", "torch-cpu", 1)].validity()
+    assert not ok and why == [("top-1 90.00% < floor 94.59% (fp32 baseline 98.59% - allowed drop 4.00 pp) "
+                               "[inferred: the record predates the `valid` field]")]
+    ok, why = by[("lenet300_100", "mnist", "prune80", "onnxruntime", 1)].validity()
+    assert not ok and why[0].startswith("parity 99.00% < minimum 99.50% (parity_min not recorded")
+    assert by[INT8_ORT].validity() == (True, [])  # 96 % >= its own 95 % minimum
+    assert by[FP32_CPU].validity_text() == "ok (inferred)"
+
+
+def test_committed_old_histories_stay_valid():
+    """Histories recorded before `valid` existed: every record passed its checks, and still does."""
+    for path in (ROOT / "reports" / "histories" / "paper-vm-epyc-2core.json", ROOT / ".ci" / "reference" / "quick.json"):
+        h = load_history(path)
+        assert all(r.validity() == (True, []) and r.validity_inferred for r in h.records), path
+
+
+def test_invalid_record_is_shown_failed_in_every_view(tmp_path, capsys, monkeypatch):
+    path = planted(tmp_path, {KD4: failed_kd})
+    assert main(["summary", str(path)]) == 0
+    text = capsys.readouterr().out
+    kd_line = next(ln for ln in text.splitlines() if ln.startswith("lenet300_100") and " kd-t4 " in ln)
+    assert f"INVALID: {KD4_REASON}" in kd_line
+    # markdown and HTML (a red cell)
+    assert main(["markdown", str(path), "-o", str(tmp_path / "md")]) == 0
+    md = (tmp_path / "md" / "report.md").read_text()
+    assert f"| lenet300_100 | mnist | kd-t4 | torch-cpu | 1 | INVALID: {KD4_REASON} |" in md
+    assert main(["html", str(path), "-o", str(tmp_path / "html")]) == 0
+    doc = (tmp_path / "html" / "report.html").read_text()
+    assert '<td class="bad">INVALID: top-1 93.10% &lt; floor 94.59%' in doc
+    # "is it real?": the row says it failed, no speedup is claimed
+    from reports.render import machine_runs, reality_table
+
+    row = next(r for r in reality_table(machine_runs([load_history(path)])[0], "t").rows if r[2] == "kd-t4")
+    assert row[-1] == f"INVALID: {KD4_REASON}" and row[5] == "—"
+    # plots: left out, and every caption says so
+    from reports import plots
+
+    drawn = []
+    real = plots.pareto_plots
+    monkeypatch.setattr(plots, "pareto_plots", lambda recs, *a: drawn.extend(recs) or real(recs, *a))
+    made = plots.all_plots(load_history(path).records, tmp_path / "plots", formats=("png",))
+    assert drawn and all(r["variant"] != "kd-t4" for r in drawn)
+    assert made and all("Left out: 1 invalid record" in p.caption and "kd-t4" in p.caption for p in made)
+    # the study's tables: the cell is marked, the note gives the reason
+    t11 = paper.paper_tables(load_history(path), tables=[11])[0]
+    r11 = _row(t11, 2, "from_lenet300_100")
+    assert r11[t11.columns.index("top-1 % ours")] == "INVALID: 93.10"
+    assert any(n.startswith("INVALID lenet300_100/mnist kd-t4 torch-cpu b1: " + KD4_REASON) for n in t11.notes)
+
+
+def test_invalid_fp32_record_is_no_baseline(tmp_path):
+    h = load_history(planted(tmp_path, {FP32_CPU: lambda e: e.update(
+        valid=False, invalid_reasons=["parity 97.00% < minimum 99.50%: torch-cpu"])}))
+    by = h.by_key()
+    assert latency_ratio(by[INT8_ORT], h.records) is None  # never divided by a failed measurement
+    got = {(x.record["variant"], x.record["backend"]): x for x in compression_reality(h.records)}
+    prune = got[("prune80", "torch-cpu")]
+    assert prune.baseline is None and prune.speedup is None
+    assert prune.flag == "not compared: the fp32 torch-cpu record is invalid (not a baseline)"
+    assert got[("prune80", "onnxruntime")].baseline["backend"] == "onnxruntime"  # a valid baseline still serves
+
+
+def test_results_show_parity_against_its_minimum(tmp_path, capsys):
+    from reports.render import machine_runs, side_by_side_table
+
+    path = planted(tmp_path, {
+        INT8_ORT: lambda e: e.update(parity_agreement=0.9812, parity_min=0.95,
+                                     parity_check="cross-runtime: onnxruntime against torch"),
+        FP32_CPU: lambda e: e.update(parity_min=0.995,
+                                     parity_check="artifact round trip only: same runtime as the reference"),
+    })
+    t = side_by_side_table(machine_runs([load_history(path)]))
+    col = t.columns.index("parity (min)")
+    cell = {tuple(r[:5]): r[col] for r in t.rows}
+    assert cell[tuple(map(str, INT8_ORT))] == "98.12% (min 95.0%)"
+    assert cell[tuple(map(str, FP32_CPU))] == "100.00% (min 99.5%, round trip only)"
+    assert cell[("lenet300_100", "mnist", "prune80", "torch-cpu", "1")] == "100.00% (min 99.5%, assumed)"
+
+
+def test_effective_precision_and_int8_share_are_shown(tmp_path):
+    from reports.render import machine_runs, side_by_side_table
+
+    def ov_bf16(e):
+        e.update(backend="openvino", runtime={"inference_precision_hint": "f16", "inference_precision_effective": "bf16"})
+
+    path = planted(tmp_path, {
+        ("lenet300_100", "mnist", "fp16", "torch-cpu", 1): ov_bf16,
+        INT8_ORT: lambda e: e.update(int8_share=0.23, int8_label="mostly float (int8 share 0.23)"),
+        ("lenet300_100", "mnist", "int8-static", "torch-cpu", 1): lambda e: e.update(int8_share=0.9),
+        ("lenet300_100", "mnist", "prune80+int8-qat", "torch-cpu", 1): lambda e: e.update(
+            int8_share=0.15, int8_label="mostly float", int8_kernels=False),
+        ("lenet300_100", "mnist", "prune80", "torch-cpu", 1): lambda e: e.update(int8_share=0.0, int8_label="float"),
+    })
+    t = side_by_side_table(machine_runs([load_history(path)]))
+    col = t.columns.index("computed in")
+    cell = {tuple(r[:5]): r[col] for r in t.rows}
+    assert cell[("lenet300_100", "mnist", "fp16", "openvino", "1")] == "ran bf16 (hint f16)"
+    assert cell[tuple(map(str, INT8_ORT))] == "mostly float (int8 share 0.23)"
+    assert cell[("lenet300_100", "mnist", "int8-static", "torch-cpu", "1")] == "int8 share 0.90"
+    assert cell[("lenet300_100", "mnist", "prune80+int8-qat", "torch-cpu", "1")] == "mostly float (int8 share 0.15)"
+    assert cell[("lenet300_100", "mnist", "prune80", "torch-cpu", "1")] == "—"  # a float variant that ran float
+    assert cell[tuple(map(str, FP32_CPU))] == "—"  # nothing to say: absent fields are fine
+
+
+AVX2 = ["fpu", "sse2", "avx", "avx2", "fma", "f16c"]
+AVX512 = AVX2 + ["avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512_bf16"]  # py-cpuinfo spells some without _
+
+
+def with_flags(flags: list[str], node: str = "vm"):
+    def change(mi: dict) -> None:
+        mi["cpu"]["flags"] = flags
+        mi["node"] = node
+    return change
+
+
+def test_machines_that_differ_only_in_cpu_flags_are_two_machines(tmp_path, capsys):
+    from reports.history import group_by_machine
+    from reports.render import machine_runs, machines_table
+
+    a = load_history(planted(tmp_path, {}, "0001_avx2.json", machine=with_flags(AVX2)))
+    b = load_history(planted(tmp_path, {}, "0002_avx512.json", machine=with_flags(AVX512)))
+    assert a.machine_info["node"] == b.machine_info["node"] and a.machine.facts["cpu"] == b.machine.facts["cpu"]
+    assert len(group_by_machine([a, b])) == 2
+    runs = machine_runs([a, b])
+    assert [r.short for r in runs] == ["M1", "M2"]  # not M1.1 and M1.2 of one machine
+    assert runs[0].machine == "vm (AMD EPYC, AVX2, 2 cores)"
+    assert runs[1].machine == "vm (AMD EPYC, AVX-512+VNNI+BF16, 2 cores)"
+    isa = next(r for r in machines_table(runs).rows if r[0] == "ISA")
+    assert isa[1:] == ["avx2 fma", "avx2 fma avx512f avx512_vnni avx512_bf16"]
+    # squeezebench's own facts decide the same way without py-cpuinfo's flag list
+    def own(isa_flags):
+        def change(mi):
+            mi["cpu"] = {}
+            mi["squeezebench"].update(cpu_vendor="AuthenticAMD", cpu_family=25, cpu_model_id=1, cpu_isa=isa_flags)
+        return change
+
+    c = load_history(planted(tmp_path, {}, "0003_own.json", machine=own(["avx2", "fma"])))
+    d = load_history(planted(tmp_path, {}, "0004_own.json", machine=own(["avx2", "fma", "avx512f"])))
+    assert c.machine.key != d.machine.key and c.machine.key == a.machine.key
+    # and compare says they are different machines
+    assert main(["compare", str(a.path), str(b.path)]) == 0
+    assert "BASE ran on vm (AMD EPYC, AVX2, 2 cores), NEW on vm (AMD EPYC, AVX-512+VNNI+BF16, 2 cores)" in \
+        capsys.readouterr().out
+
+
+def test_runs_of_one_machine_stay_one_machine_whatever_its_node_name(tmp_path):
+    """Identity is what decides speed; node names are shown, not compared (two CI runners of one
+    instance type are one machine). Other cores, family/model or GPUs make another machine."""
+    from reports.history import group_by_machine
+    from reports.render import machine_runs
+
+    a = load_history(planted(tmp_path, {}, "0001_a.json", machine=with_flags(AVX2, node="runner-1")))
+    b = load_history(planted(tmp_path, {}, "0002_b.json", machine=with_flags(AVX2, node="runner-2")))
+    assert len(group_by_machine([a, b])) == 1
+    runs = machine_runs([a, b])
+    assert [r.short for r in runs] == ["M1.1", "M1.2"]
+    from reports.render import machines_table
+
+    assert next(r for r in machines_table(runs).rows if r[0] == "node")[1] == "runner-1 / runner-2"
+    # a newer run that also records squeezebench's own CPU facts is still the same machine
+    def newer(mi):
+        with_flags(AVX2)(mi)
+        mi["squeezebench"].update(cpu_vendor="AuthenticAMD", cpu_family=25, cpu_model_id=1, cpu_isa=["avx2", "fma"])
+
+    assert load_history(planted(tmp_path, {}, "0009_new.json", machine=newer)).machine.key == a.machine.key
+
+    def other(**kw):
+        def change(mi):
+            with_flags(AVX2)(mi)
+            mi["cpu"].update(kw.get("cpu", {}))
+            mi["squeezebench"].update(kw.get("sb", {}))
+        return change
+
+    for i, kw in enumerate(({"cpu": {"model": 17}}, {"cpu": {"family": 26}}, {"sb": {"cpu_cores_available": 4}},
+                            {"sb": {"gpus": ["NVIDIA H100"]}})):
+        c = load_history(planted(tmp_path, {}, f"000{i + 3}_c.json", machine=other(**kw)))
+        assert c.machine.key != a.machine.key, kw
