@@ -1,7 +1,6 @@
-"""Model definitions and the registry. One file per model family."""
-from models._registry import InShape, ModelEntry, create_model, list_models, model_entry, register_model
-
-# Importing the families registers them.
-from models import lenet, mlp, resnet  # noqa: E402,F401
+"""This repo's entry point to the model registry, which ships in the package
+(``squeezebench.models``: one file per family, ``@register_model``, ``create_model``). Users'
+projects import ``squeezebench.models``; this package name is left free for theirs."""
+from squeezebench.models import InShape, ModelEntry, create_model, list_models, model_entry, register_model
 
 __all__ = ["InShape", "ModelEntry", "create_model", "list_models", "model_entry", "register_model"]

@@ -1,3 +1,2 @@
-"""Reports and regression gates from saved pytest-benchmark histories (``python -m reports``).
-
-Reads ``.benchmarks/<machine>/NNNN_*.json`` only; never reruns a benchmark."""
+"""``python -m reports`` in this repo: the installed ``squeezebench`` command's views
+(``squeezebench.reports``). ``histories/`` holds committed example histories."""

@@ -1,5 +1,6 @@
+"""``python -m reports VIEW ...`` in this repo: the same as the installed ``squeezebench VIEW ...``."""
 import sys
 
-from reports.cli import main
+from squeezebench.reports.cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m reports"))

@@ -6,6 +6,8 @@ Accepted layouts (``root`` is the data directory):
 * CIFAR-10: torchvision's python batches ``root/cifar-10-batches-py/`` or an image-folder
   tree ``root/cifar10/{train,test}/<class>/*.png|jpg``.
 * Any image folder ``<path>/{train,test}/<class>/*``, named as ``folder:<path>``.
+* A Python callable, named as ``package.module:callable`` (see :data:`CALLABLE_FORMS`): the
+  user's own loader, called with no arguments; its arrays are converted here, never saved.
 
 Decoded image folders are cached (as .npy, verified) in the cache directory, never in the
 data directory.
@@ -21,9 +23,11 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset as TorchDataset
 
 from squeezebench.cache import ArtifactCache
 from squeezebench.keys import producer_versions
+from squeezebench.userspec import SpecError, import_callable
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +107,36 @@ def register_dataset(name: str):
 
 
 def list_datasets() -> list[str]:
-    return sorted(_LOADERS) + ["folder:<path>"]
+    return sorted(_LOADERS) + ["folder:<path>", "package.module:callable"]
+
+
+def check_dataset_spec(name: str) -> None:
+    """Raise :class:`DataError` unless ``name`` is a known dataset, ``folder:<path>`` with a path,
+    or a ``package.module:callable`` that imports and is callable. Reads no data, calls nothing."""
+    if name.startswith("folder:"):
+        if not name.split(":", 1)[1].strip():
+            raise DataError(f"dataset {name!r} names no folder; use folder:/path/to/images "
+                            "(<path>/{train,test}/<class>/*)")
+        return
+    if ":" in name:
+        try:
+            import_callable(name)
+        except SpecError as e:
+            raise DataError(f"dataset {name!r}: {e}. {CALLABLE_FORMS}") from None
+        return
+    if name not in _LOADERS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
 
 
 def load_dataset(name: str, data_dir: Path, cache_dir: Path, download: bool = False) -> Dataset:
-    """Load ``name`` (``mnist``, ``cifar10`` or ``folder:<path>``) or raise :class:`DataError`."""
+    """Load ``name`` (``mnist``, ``cifar10``, ``folder:<path>`` or ``package.module:callable``)
+    or raise :class:`DataError`."""
     cache = ArtifactCache(cache_dir)
     if name.startswith("folder:"):
         path = Path(name.split(":", 1)[1]).expanduser()
         return _load_image_folder_dataset(path.name or "folder", path, cache)
+    if ":" in name:
+        return load_callable_dataset(name)
     if name not in _LOADERS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
     return _LOADERS[name](Path(data_dir), cache, download)
@@ -239,6 +264,171 @@ def _open_image(path: Path, mode: str | None, size: tuple[int, int] | None, how:
             return im.copy() if mode is None else im
     except Exception as e:
         raise DataError(f"cannot decode image {path}: {_oneline(e)}. {how}") from None
+
+
+# -- package.module:callable ------------------------------------------------------------------
+CALLABLE_FORMS = (
+    "A dataset callable takes no arguments and returns (x_train, y_train, x_test, y_test) as "
+    "tensors or numpy arrays, or (train_dataset, test_dataset) torch Datasets of (image, label) "
+    "items, optionally followed by the list of class names; images uint8 0-255 or float in [0, 1] "
+    "(not normalised), shaped N x C x H x W, N x H x W x C (C = 1 or 3) or N x H x W; labels "
+    "integer class indices 0..K-1")
+
+
+def _is_class_list(obj: object) -> bool:
+    return isinstance(obj, (list, tuple)) and bool(obj) and all(isinstance(c, str) for c in obj)
+
+
+def _is_item_dataset(obj: object) -> bool:
+    if isinstance(obj, TorchDataset):
+        return True
+    return (hasattr(obj, "__getitem__") and hasattr(obj, "__len__")
+            and not isinstance(obj, (torch.Tensor, np.ndarray, list, tuple, str, bytes, dict)))
+
+
+def _as_tensor(x: object) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    return torch.as_tensor(np.asarray(x))
+
+
+def _from_item_dataset(ds, split: str, fail) -> tuple[torch.Tensor, torch.Tensor]:
+    n = len(ds)
+    if n == 0:
+        raise fail(f"the {split} dataset is empty")
+    images, labels = [], []
+    for i in range(n):
+        item = ds[i]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise fail(f"{split} dataset item {i} is a {type(item).__name__}, not an (image, label) pair")
+        try:
+            img, lab = _as_tensor(item[0]), _as_tensor(item[1])
+        except Exception as e:
+            raise fail(f"{split} dataset item {i} is not an (image, label) of numbers ({_oneline(e)})") from None
+        if images and img.shape != images[0].shape:
+            raise fail(f"{split} dataset images differ in shape: item 0 is {tuple(images[0].shape)}, item {i} is "
+                       f"{tuple(img.shape)}; resize them to one size in the dataset's transform")
+        if labels and lab.shape != labels[0].shape:
+            raise fail(f"{split} dataset labels differ in shape (item {i}: {tuple(lab.shape)})")
+        images.append(img)
+        labels.append(lab)
+    return torch.stack(images), torch.stack(labels)
+
+
+def _callable_images(x: object, what: str, fail, notes: list[str]) -> torch.Tensor:
+    try:
+        t = _as_tensor(x)
+    except Exception as e:
+        raise fail(f"{what} is a {type(x).__name__} that is not an array of numbers ({_oneline(e)})") from None
+    if t.ndim == 3:  # N, H, W (grayscale)
+        t = t.unsqueeze(1)
+    elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):  # N, H, W, C
+        t = t.permute(0, 3, 1, 2)
+    if t.ndim != 4:
+        raise fail(f"{what} has shape {tuple(t.shape)}; images must be N x C x H x W, N x H x W x C or N x H x W")
+    if t.dtype == torch.bool or t.is_complex():
+        raise fail(f"{what} has dtype {t.dtype}")
+    if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()):
+            raise fail(f"{what} holds NaN or inf")
+        lo, hi = float(t.min()), float(t.max())
+        if lo < 0 or hi > 1:
+            raise fail(f"{what} is {t.dtype} with values in [{lo:.4g}, {hi:.4g}]; float images must lie in "
+                       "[0, 1], not normalised (the engine standardises per channel itself): divide "
+                       "0-255 values by 255 or pass them as uint8")
+        t = (t.double() * 255).round().to(torch.uint8)
+        note = "float images in [0, 1] scaled to uint8 (x*255, rounded)"
+        if note not in notes:
+            notes.append(note)
+    elif t.dtype != torch.uint8:
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi > 255:
+            raise fail(f"{what} is {t.dtype} with values in [{lo}, {hi}]; integer images must lie in 0-255")
+        t = t.to(torch.uint8)
+    return t.contiguous()
+
+
+def _callable_labels(y: object, what: str, fail) -> torch.Tensor:
+    try:
+        t = _as_tensor(y)
+    except Exception as e:
+        raise fail(f"{what} is not an array of integer class indices ({_oneline(e)}); map class names "
+                   "to 0..K-1 and return the names as the last element") from None
+    if t.ndim == 2 and t.shape[1] > 1:
+        raise fail(f"{what} has shape {tuple(t.shape)} (one-hot or scores?); labels must be class "
+                   "indices: pass y.argmax(1)")
+    if t.ndim == 2 and t.shape[1] == 1:
+        t = t[:, 0]
+    if t.ndim != 1:
+        raise fail(f"{what} has shape {tuple(t.shape)}; labels must be a 1-D sequence of class indices")
+    if t.is_floating_point():
+        if not bool((t == t.round()).all()):
+            bad = t[t != t.round()][0].item()
+            raise fail(f"{what} holds non-integer values (e.g. {bad:g}); labels must be integer class indices")
+    elif t.is_complex():
+        raise fail(f"{what} has dtype {t.dtype}; labels must be integer class indices")
+    t = t.to(torch.int64)
+    if len(t) and int(t.min()) < 0:
+        raise fail(f"{what} has negative labels (min {int(t.min())}); labels are class indices 0..K-1")
+    return t
+
+
+def load_callable_dataset(spec: str) -> Dataset:
+    """The dataset the user's ``package.module:callable`` returns (see :data:`CALLABLE_FORMS`),
+    converted to uint8 NCHW images and int64 labels, or one :class:`DataError` naming the callable,
+    the problem and the accepted forms. Nothing is written anywhere."""
+
+    def fail(problem: str) -> DataError:
+        return DataError(f"dataset {spec!r}: {problem}. {CALLABLE_FORMS}")
+
+    try:
+        fn, source = import_callable(spec)
+    except SpecError as e:
+        raise fail(str(e)) from None
+    try:
+        result = fn()
+    except Exception as e:
+        raise DataError(f"dataset {spec!r}: calling {spec}() raised {_oneline(e)}") from None
+    if not isinstance(result, (tuple, list)):
+        raise fail(f"{spec}() returned a {type(result).__name__}")
+    parts = list(result)
+    classes: list[str] | None = None
+    if len(parts) in (3, 5) and _is_class_list(parts[-1]):
+        classes = [str(c) for c in parts.pop()]
+    if len(parts) == 2 and all(_is_item_dataset(p) for p in parts):
+        if classes is None and _is_class_list(getattr(parts[0], "classes", None)):
+            classes = [str(c) for c in parts[0].classes]
+        (x_tr, y_tr), (x_te, y_te) = (_from_item_dataset(d, s, fail) for d, s in zip(parts, ("train", "test")))
+        names = ("train dataset images", "train dataset labels", "test dataset images", "test dataset labels")
+    elif len(parts) == 4:
+        x_tr, y_tr, x_te, y_te = parts
+        names = ("x_train", "y_train", "x_test", "y_test")
+    else:
+        raise fail(f"{spec}() returned a {type(result).__name__} of {len(result)} elements")
+    notes: list[str] = []
+    x_tr, x_te = (_callable_images(x, n, fail, notes) for x, n in ((x_tr, names[0]), (x_te, names[2])))
+    y_tr, y_te = (_callable_labels(y, n, fail) for y, n in ((y_tr, names[1]), (y_te, names[3])))
+    for x, y, nx, ny in ((x_tr, y_tr, names[0], names[1]), (x_te, y_te, names[2], names[3])):
+        if len(x) == 0:
+            raise fail(f"{nx} is empty")
+        if len(x) != len(y):
+            raise fail(f"{nx} has {len(x)} images but {ny} has {len(y)} labels")
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise fail(f"train images are {tuple(x_tr.shape[1:])} but test images {tuple(x_te.shape[1:])} (C, H, W)")
+    top_train, top_test = int(y_tr.max()), int(y_te.max())
+    if classes is not None:
+        if max(top_train, top_test) >= len(classes):
+            raise fail(f"labels go up to {max(top_train, top_test)} but {len(classes)} class names were given")
+    else:
+        if top_test > top_train:
+            raise fail(f"{names[3]} has label {top_test}, which {names[1]} never has (its labels go up to "
+                       f"{top_train}); labels must be the same class indices 0..K-1 in both splits")
+        classes = [str(k) for k in range(top_train + 1)]
+    if len(classes) < 2:
+        raise fail(f"only {len(classes)} class; a classification dataset needs at least 2")
+    where = f"{source}" if source else "no source file"
+    return Dataset(spec, classes, x_tr, y_tr, x_te, y_te,
+                   source=f"{spec} (python callable in {where}" + "".join(f"; {n}" for n in notes) + ")")
 
 
 def _oneline(e: BaseException) -> str:

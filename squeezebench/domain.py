@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import torch
 from torch import nn
 
 
@@ -16,7 +17,7 @@ from torch import nn
 class Artifact:
     """Files a backend loads. ``files`` lists every one of them (for honest byte counts)."""
 
-    format: str  # torch | onnx | openvino | compressed
+    format: str  # an exporter's format (torch, onnx, openvino, ...) or the engine's compressed
     main: Path
     files: tuple[Path, ...]
     meta: dict = field(default_factory=dict, compare=False, hash=False)
@@ -24,6 +25,31 @@ class Artifact:
     @property
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in self.files)
+
+
+@dataclass(frozen=True, eq=False)
+class QuantSpec:
+    """An int8 variant, declared for every runtime to quantize itself: the method, the weights'
+    granularity and the data each method takes. Names no runtime; each backend's exporter turns it
+    into its own int8 artifact (see ``squeezebench.backends``)."""
+
+    method: str  # static | dynamic | qat
+    per_channel: bool  # one weight scale per output channel (symmetric int8), else one per tensor
+    label: str = ""  # the step's variant token (``int8-static-cal64-pt``): what a session says was requested
+    calibration: torch.Tensor | None = None  # static: normalised training images, the same for every runtime
+    qat_model: nn.Module | None = None  # qat: the fine-tuned fake-quant model; its grid is what gets exported
+
+
+@dataclass(frozen=True, eq=False)
+class ExportSpec:
+    """What a variant is, for the exporters: its number format and, for int8, its quantization.
+    A compression step says *what* it produced here; *how* a runtime stores it is the backend's."""
+
+    dtype: str = "float32"  # what the variant computes in: float32, float64, float16, bfloat16
+    # The fp32 model before a precision cast or quantization, for runtimes that store or quantize
+    # their own way from it (None: the variant's model is that model).
+    float_model: nn.Module | None = None
+    quantization: QuantSpec | None = None
 
 
 @dataclass
@@ -38,16 +64,13 @@ class Variant:
     key: dict  # content key parts: whatever the variant was built from
     chain: list[dict] = field(default_factory=list)
     facts: dict = field(default_factory=dict)  # technique facts for extra_info
-    # Formats this variant writes itself (e.g. a QDQ ONNX); others are exported from ``model``.
-    writers: dict[str, Callable[[Path], str]] = field(default_factory=dict)
+    export: ExportSpec = field(default_factory=ExportSpec)  # what the exporters write (runtime-free)
+    # The artifact formats some backend can run this variant in, and the backends that cannot,
+    # with the reason (the bench fixture skips them): both asked of the backends by the engine
+    # (``Workbench.variant``), never declared by a compression step.
     formats: tuple[str, ...] = ("torch", "onnx", "openvino")
-    qweights: dict | None = None  # int8 weights chosen by a quantize step (see compression.base)
-    # Backends that cannot run this variant, with the reason (the bench fixture skips them).
-    # A compression step declares them in ``facts["unsupported_backends"]``.
     unsupported: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.unsupported = {**self.facts.get("unsupported_backends", {}), **self.unsupported}
+    qweights: dict | None = None  # int8 weights chosen by a quantize step (see compression.base)
 
     def unsupported_reason(self, backend_name: str, artifact_format: str) -> str | None:
         """Why ``backend_name`` (which loads ``artifact_format``) cannot run this variant, or None."""

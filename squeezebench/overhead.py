@@ -46,31 +46,34 @@ def bare_loop_us(session, prepared, batch: int, seconds: float) -> float:
 
 def floor_us(backends: list[str], batches: list[int], seconds: float, threads: int) -> dict:
     """Per-image median of a near-empty model (784-1-10 MLP, untrained) per backend and batch."""
-    from models import create_model
-    from squeezebench import artifacts as art
-    from squeezebench.backends import get_backend
+    from squeezebench.models import create_model
+    from squeezebench.backends import get_backend, get_exporter
     from squeezebench.backends.base import Artifact, BackendUnavailable
+    from squeezebench.domain import Variant
 
     shape, classes = (1, 28, 28), 10
     model = create_model("mlp_student", shape, classes, hidden=1).eval()
     arch = {"model": "mlp_student", "in_shape": list(shape), "num_classes": classes,
             "kwargs": {"hidden": 1}, "dtype": "float32"}
+    floor = Variant("mlp_student", "none", "floor", model, arch, key={})
     x = torch.zeros(max(batches), *shape)
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        mains = {"torch": art.write_torch(model, arch, d), "onnx": art.write_onnx(model, shape, d)}
+        artifacts: dict[str, Artifact] = {}
         for name in backends:
             cls = get_backend(name)
             reason = cls.unavailable_reason()
             if reason is not None:
                 out[name] = reason
                 continue
-            if cls.artifact_format == "openvino" and "openvino" not in mains:
-                mains["openvino"] = art.write_openvino(d / mains["onnx"], d)
+            fmt = cls.artifact_format
+            if fmt not in artifacts:  # each format written once, by its backend's exporter
+                exporter, d = get_exporter(fmt), Path(tmp) / fmt
+                d.mkdir()
+                main = exporter.writer(floor)(floor, d)
+                artifacts[fmt] = Artifact(fmt, d / main, exporter.files(d, main))
             try:
-                session = cls(threads).load(Artifact(cls.artifact_format, d / mains[cls.artifact_format],
-                                                      art.files_of(d, mains[cls.artifact_format])))
+                session = cls(threads).load(artifacts[fmt])
             except BackendUnavailable as e:
                 out[name] = str(e)
                 continue

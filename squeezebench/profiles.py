@@ -110,8 +110,23 @@ def _paper_profile() -> Profile:
 register_profile(_paper_profile())
 
 
-def get_profile(name: str) -> Profile:
+def get_profile(name: str, extra: tuple[str, ...] = ()) -> Profile:
+    """A built-in profile; ``extra`` names the config file's profiles for the error message."""
     try:
         return PROFILES[name]
     except KeyError:
-        raise KeyError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}") from None
+        raise KeyError(f"unknown profile {name!r}; known: {', '.join([*extra, *PROFILES])}") from None
+
+
+def profile_from_config(name: str, table: dict, source: str) -> Profile:
+    """A profile from a ``[tool.squeezebench.profiles.NAME]`` table (validated by
+    squeezebench.config): every model on every dataset, with the given (or default) variants,
+    backends and batches."""
+    models, datasets = tuple(table["models"]), tuple(table["datasets"])
+    return Profile(
+        name, f"from {source}: {', '.join(models)} on {', '.join(datasets)}",
+        pairs=tuple((m, d) for d in datasets for m in models),
+        variants=tuple(table.get("variants", ("fp32",))),
+        backends=tuple(table.get("backends", ALL_BACKENDS)),
+        batches=tuple(table.get("batches", (1, 256))),
+    )

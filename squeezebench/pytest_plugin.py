@@ -25,6 +25,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("squeezebench", "squeezebench (compressed-model benchmarks)")
     g.addoption("--sb-profile", default=None,
                 help=f"benchmark profile: {', '.join(PROFILES)} (env {ENV_PROFILE}). Default: default")
+    g.addoption("--sb-config", default=None,
+                help="settings file: a pyproject.toml with a [tool.squeezebench] table, or a TOML file with "
+                     "those keys at its top level (recipes, floors, allowed drops, layers to keep, "
+                     "calibration size, profiles). Default: the rootdir's pyproject.toml, if it has the table")
     g.addoption("--sb-data-dir", "--data-dir", dest="sb_data_dir", default=None,
                 help=f"dataset root (env {ENV_DATA_DIR}); a directory you name is only read, never "
                      f"written. Default: {user_cache_dir() / 'data'} with downloads")
@@ -55,12 +59,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      f"Default: {DEFAULT_ENERGY_WINDOW}")
 
 
-def selected_profile(config: pytest.Config):
-    name = config.getoption("sb_profile") or os.environ.get(ENV_PROFILE) or "default"
+def load_user_config(config: pytest.Config):
+    """``--sb-config FILE``, else the ``[tool.squeezebench]`` table of the rootdir's pyproject.toml."""
+    from squeezebench.config import ConfigFileError, load_config
+
     try:
-        profile = get_profile(name)
+        return load_config(config.getoption("sb_config"), rootdir=config.rootpath)
+    except ConfigFileError as e:
+        raise pytest.UsageError(f"squeezebench config: {e}") from None
+
+
+def selected_profile(config: pytest.Config, user=None):
+    """The profile named by --sb-profile, else $SQUEEZEBENCH_PROFILE, else the config's
+    ``profile``, else ``default``; a profile of the config file wins over a built-in one of the
+    same name; then the --sb-* options narrow or change it."""
+    from squeezebench.profiles import profile_from_config
+
+    name = (config.getoption("sb_profile") or os.environ.get(ENV_PROFILE)
+            or (user.default_profile if user else None) or "default")
+    try:
+        if user is not None and name in user.profiles:
+            profile = profile_from_config(name, user.profiles[name], user.source)
+        else:
+            profile = get_profile(name, extra=tuple(user.profiles) if user else ())
     except KeyError as e:
         raise pytest.UsageError(str(e.args[0])) from None
+    except ValueError as e:
+        raise pytest.UsageError(f"squeezebench config: {e}") from None
     batches = _csv(config.getoption("sb_batches"))
     try:
         return profile.override(
@@ -73,7 +98,12 @@ def selected_profile(config: pytest.Config):
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config._squeezebench_profile = selected_profile(config)  # type: ignore[attr-defined]
+    # Declared by the plugin, so a user's project with --strict-markers needs no ini lines.
+    config.addinivalue_line("markers", "bench: a benchmark record (model x dataset x variant x backend x batch)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped with a reason without one")
+    user = load_user_config(config)
+    config._squeezebench_config = user  # type: ignore[attr-defined]
+    config._squeezebench_profile = selected_profile(config, user)  # type: ignore[attr-defined]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

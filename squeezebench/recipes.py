@@ -2,6 +2,9 @@
 the top-1 floors on the full test set with a margin; see README for the measured numbers."""
 from __future__ import annotations
 
+from dataclasses import replace
+
+from squeezebench.config import Config
 from squeezebench.training import TrainConfig
 
 def _sgd(lr: float, epochs: int, **kw) -> TrainConfig:
@@ -30,13 +33,19 @@ FLOORS: dict[tuple[str, str], float] = {
 }
 
 
-def recipe_for(model: str, dataset: str) -> TrainConfig:
-    """The tuned recipe, or a generic one for a model or dataset we have not tuned for."""
+def recipe_for(model: str, dataset: str, config: Config | None = None) -> TrainConfig:
+    """The user's config recipe (its fields over the built-in one), else the tuned recipe, else
+    a generic one for a model or dataset we have not tuned for."""
     if (model, dataset) in RECIPES:
-        return RECIPES[(model, dataset)]
-    return TrainConfig(epochs=10, lr=1e-3, batch_size=128, optimizer="adam", schedule="onecycle")
+        base = RECIPES[(model, dataset)]
+    else:
+        base = TrainConfig(epochs=10, lr=1e-3, batch_size=128, optimizer="adam", schedule="onecycle")
+    override = config.fact("recipe", model, dataset) if config else None
+    return replace(base, **override) if override else base
 
 
-def floor_for(model: str, dataset: str) -> float:
-    """The top-1 floor in percent; 0 (no guardrail) for untuned pairs such as user image folders."""
-    return FLOORS.get((model, dataset), 0.0)
+def floor_for(model: str, dataset: str, config: Config | None = None) -> float:
+    """The top-1 floor in percent: the user's config, else the tuned floor, else 0 (no guardrail)
+    for untuned pairs such as user image folders."""
+    f = config.fact("floor", model, dataset) if config else None
+    return float(f) if f is not None else FLOORS.get((model, dataset), 0.0)

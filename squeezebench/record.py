@@ -73,9 +73,9 @@ def parity_fields(backend: str, variant: Variant) -> dict:
     reference = (f"{ref} (the variant's torch module, in process)" if ref
                  else f"the variant's torch module in process ({dtype})")
     if backend == "torch-cpu":
-        # A quantize step writes its own torch artifact (int8 modules); otherwise it is the reference module.
+        # An int8 variant's torch artifact is torch.ao's int8 modules; otherwise it is the reference module.
         check = ("same runtime, another module: the torch artifact's int8 modules against the reference"
-                 if "torch" in variant.writers else ROUND_TRIP)
+                 if variant.export.quantization is not None else ROUND_TRIP)
     elif backend == "torch-cuda":
         check = "cross-device: torch on CUDA against the reference on the CPU"
     else:

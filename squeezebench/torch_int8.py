@@ -1,10 +1,13 @@
-"""torch's int8 module structure: the qconfigs the quantize step uses and the skeleton that
-rebuilds a saved int8 state_dict. Shared by the quantize step (which converts) and the torch
-backend (which loads), so neither imports the other.
+"""torch's int8 module structure: the qconfigs and weight observers, and the skeleton that
+rebuilds a saved int8 state_dict. Shared by the quantize step (QAT preparation, int8 weights for
+the compact encoding) and the torch backend (conversion when exporting, the skeleton when
+loading), so neither imports the other.
 
 u8 x s8 products are summed in pairs into int16 by the AVX2/AVX-512 kernels of CPUs without
-VNNI (vpmaddubsw), which saturates when both operands use all 8 bits; torch's x86 qconfigs
-here therefore use 7-bit activations (see squeezebench.compression.quantize).
+VNNI (vpmaddubsw), which saturates when both operands use all 8 bits (255*127*2 > 32767). Every
+int8 recipe therefore gives one operand 7 bits, so an artifact is right on any x86 CPU: torch's
+x86 qconfigs here use 7-bit activations; the other runtimes' exporters use 7-bit weights (ONNX
+Runtime ``reduce_range=True``, NNCF ``overflow_fix=ENABLE``; see squeezebench/backends/).
 """
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ class TrainConfig:
 
 def init_model(name: str, data: Dataset, seed: int, **kwargs) -> nn.Module:
     """A registry model with seeded initial weights (the seed fixes them too)."""
-    from models import create_model
+    from squeezebench.models import create_model
 
     torch.manual_seed(seed)
     return create_model(name, data.in_shape, data.num_classes, **kwargs)

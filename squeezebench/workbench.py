@@ -11,16 +11,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import model_entry
-from squeezebench import artifacts as art
+from squeezebench.models import model_entry
 from squeezebench import encoding
-from squeezebench import training
-from squeezebench.backends import Artifact, Backend, BackendUnavailable, Session, get_backend
+from squeezebench import checkpoints, training
+from squeezebench.backends import (
+    Artifact, Backend, BackendUnavailable, Exporter, Session, get_backend, get_exporter, support,
+)
+from squeezebench.backends.torch_backend import write_torch
 from squeezebench.cache import ArtifactCache
 from squeezebench.compression import build_variant
+from squeezebench.config import Config
 from squeezebench.data import Dataset, load_dataset
 from squeezebench.domain import Evaluation, Variant
-from squeezebench.keys import producer_versions, producers_of, source_hash
+from squeezebench.keys import produced_by, producer_versions, producers_of, source_hash
 from squeezebench.metrics import count_macs, count_nonzero, count_params
 from squeezebench.recipes import floor_for, recipe_for
 from squeezebench.settings import Settings
@@ -31,21 +34,33 @@ Progress = Callable[[str], None]
 
 __all__ = ["Evaluation", "Variant", "Workbench", "guardrail_floor", "source_hash"]
 
-# Who computes each artifact format's bytes when a variant has no writer of its own (see
-# squeezebench.keys): the key of each artifact holds these libraries' versions, and only these.
-DEFAULT_PRODUCERS: dict[str, tuple[str, ...]] = {
-    "torch": ("torch",),
-    "onnx": ("torch", "onnx"),  # torch.onnx exports, the onnx package serialises
-    "openvino": ("torch", "onnx", "openvino"),  # converted from the ONNX export
-    "compressed": ("numpy",),  # squeezebench.encoding packs with numpy (and the stdlib)
-}
+@produced_by("numpy")  # squeezebench.encoding packs with numpy (and the stdlib)
+def _write_compressed(v: Variant, out: Path) -> str:
+    return encoding.write_compressed(v, out)
+
+
+class CompressedExporter(Exporter):
+    """``model.sqz`` (squeezebench.encoding): the honest compact size of every variant. The
+    engine's own format, no backend loads it; every other format is its backend's exporter's."""
+
+    format = "compressed"
+
+    def writer(self, v: Variant):
+        return _write_compressed
+
+    def code(self) -> tuple:
+        return (encoding,)
+
+
+COMPRESSED = CompressedExporter()
 
 
 class Workbench:
     """Builds and memoises everything a benchmark needs; safe to share across a pytest session."""
 
-    def __init__(self, settings: Settings, progress: Progress | None = None):
+    def __init__(self, settings: Settings, progress: Progress | None = None, config: Config | None = None):
         self.settings = settings
+        self.config = config or Config()  # the user's [tool.squeezebench] settings
         self.cache = ArtifactCache(settings.cache_dir)
         self.progress = progress or (lambda msg: None)
         self._datasets: dict[str, Dataset] = {}
@@ -54,6 +69,8 @@ class Workbench:
         self._sessions: dict[tuple, Session] = {}
         self._evals: dict[tuple, Evaluation] = {}
         self._reference: dict[tuple, np.ndarray] = {}
+        # model spec -> user checkpoint loaded instead of training its baseline (--sb-checkpoint)
+        self.checkpoints: dict[str, Path] = {}
 
     # -- training -----------------------------------------------------------------------------
     @property
@@ -79,6 +96,8 @@ class Workbench:
             s = self.settings
             self.progress(f"loading dataset {name} from {s.data_dir}")
             self._datasets[name] = load_dataset(name, s.data_dir, s.cache_dir, download=s.download)
+            if ":" in name and not name.startswith("folder:"):  # a user callable: say what it gave
+                self.progress(f"dataset {name}: {self._datasets[name].source}")
         return self._datasets[name]
 
     # -- baselines --------------------------------------------------------------------------
@@ -106,7 +125,7 @@ class Workbench:
         def build(tmp: Path) -> dict:
             with self.pinned_threads():
                 meta = run(model) or {}
-            art.write_torch(model, arch, tmp)
+            write_torch(model, arch, tmp)
             built.append(True)
             return meta
 
@@ -121,12 +140,14 @@ class Workbench:
         extra_key: dict | None = None, model_kwargs: dict | None = None,
     ) -> Variant:
         """Train (or load from cache) ``model_name`` on ``dataset_name`` with ``cfg``, from its
-        seeded initial weights."""
+        seeded initial weights; a baseline with a user checkpoint is loaded from it instead."""
+        if tag == "baseline" and model_name in self.checkpoints and loss_fn_factory is None:
+            return self.from_checkpoint(model_name, dataset_name, self.checkpoints[model_name], model_kwargs)
         data = self.dataset(dataset_name)
-        cfg = cfg or recipe_for(model_name, dataset_name)
+        cfg = cfg or recipe_for(model_name, dataset_name, self.config)
         arch = self.arch_for(model_name, data, **(model_kwargs or {}))
         key = {"what": tag, "arch": arch, "dataset": data.fingerprint, "recipe": cfg.as_dict(),
-               "code": source_hash(model_entry(model_name).source_file), **(extra_key or {})}
+               "code": model_entry(model_name).code_fingerprint, **(extra_key or {})}
 
         def run(model: nn.Module) -> dict:
             self.progress(f"training {model_name} on {dataset_name} ({tag}, {cfg.epochs} epochs)")
@@ -140,9 +161,30 @@ class Workbench:
 
         model = training.init_model(model_name, data, cfg.seed, **(model_kwargs or {}))
         model, meta = self.train_cached("trained", key, model, arch, run)
-        return Variant(model_name, dataset_name, "fp32", model, arch, self.trained_key(key),
-                       chain=[], facts={"train": {k: meta.get(k) for k in ("epochs", "train_seconds", "torch_top1")},
-                                        "recipe": cfg.as_dict()})
+        return self._ask_backends(Variant(
+            model_name, dataset_name, "fp32", model, arch, self.trained_key(key), chain=[],
+            facts={"train": {k: meta.get(k) for k in ("epochs", "train_seconds", "torch_top1")},
+                   "recipe": cfg.as_dict()}))
+
+    def from_checkpoint(self, model_name: str, dataset_name: str, path: Path,
+                        model_kwargs: dict | None = None) -> Variant:
+        """The fp32 baseline with the user's weights from ``path`` (squeezebench.checkpoints):
+        nothing is trained; the key holds the file's sha256 instead of a recipe."""
+        data = self.dataset(dataset_name)
+        arch = self.arch_for(model_name, data, **(model_kwargs or {}))
+        digest = checkpoints.sha256_of(path)
+        key = {"what": "baseline", "arch": arch, "dataset": data.fingerprint,
+               "code": model_entry(model_name).code_fingerprint, "checkpoint": digest,
+               "versions": producer_versions(("torch",))}
+        self.progress(f"loading checkpoint {path} for {model_name} (sha256 {digest[:12]}): not training")
+        model = training.init_model(model_name, data, 0, **(model_kwargs or {}))
+        checkpoints.load_into(model, path, model_name, data.in_shape, data.num_classes)
+        acc = training.top1(training.predict_logits(model.eval(), data.test_inputs()), data.y_test)
+        self.progress(f"{model_name}/{dataset_name}/checkpoint: top-1 {acc:.2f}%")
+        return self._ask_backends(Variant(
+            model_name, dataset_name, "fp32", model, arch, key, chain=[],
+            facts={"train": {"epochs": 0, "train_seconds": 0.0, "torch_top1": acc},
+                   "checkpoint": {"path": str(path), "sha256": digest}, "recipe": None}))
 
     def baseline(self, model_name: str, dataset_name: str) -> Variant:
         k = (model_name, dataset_name, "fp32")
@@ -156,42 +198,44 @@ class Workbench:
         if k not in self._variants:
             if variant_id == "fp32":
                 return self.baseline(model_name, dataset_name)
-            self._variants[k] = build_variant(self, model_name, dataset_name, variant_id)
+            self._variants[k] = self._ask_backends(build_variant(self, model_name, dataset_name, variant_id))
         return self._variants[k]
+
+    @staticmethod
+    def _ask_backends(v: Variant) -> Variant:
+        """What the backends say about ``v``: the formats it has (some backend runs them), the
+        backends that cannot run it with the reason (also a fact of its records), and how each
+        format's int8 artifact is made."""
+        v.formats, v.unsupported = support(v)
+        if v.unsupported:
+            v.facts["unsupported_backends"] = dict(v.unsupported)
+        quant = v.facts.get("quantization")
+        if v.export.quantization is not None and isinstance(quant, dict):
+            quant["tools"] = {fmt: tool for fmt in v.formats if (tool := get_exporter(fmt).tool(v))}
+        return v
 
     # -- artifacts and sessions -------------------------------------------------------------
     def artifact(self, v: Variant, fmt: str) -> Artifact:
+        """``v``'s artifact in format ``fmt``, written by the exporter its backend registered (or
+        the engine's compact encoding for ``compressed``); cached under the variant's key, the
+        exporter's code and the versions of the libraries its writer names."""
         k = (v.model_name, v.dataset_name, v.variant_id, fmt)
         if k in self._artifacts:
             return self._artifacts[k]
-        if fmt not in v.formats and fmt != "compressed":
+        if fmt == COMPRESSED.format:
+            exporter: Exporter = COMPRESSED
+        elif fmt not in v.formats:
             raise ValueError(f"variant {v.variant_id} has no {fmt} artifact (it has {', '.join(v.formats)})")
-        writer = v.writers.get(fmt)
-        key = {"variant": v.key, "format": fmt, "exporter": source_hash(art.write_onnx),
-               "writer": source_hash(writer) if writer else None,
-               "versions": producer_versions(producers_of(writer, DEFAULT_PRODUCERS.get(fmt, ())))}
-        if fmt == "compressed":  # squeezebench.encoding's model.sqz: the honest compact size
-            key["encoder"] = source_hash(encoding)
-
-        def build(tmp: Path) -> dict:
-            if fmt in v.writers:
-                main = v.writers[fmt](tmp)
-            elif fmt == "torch":
-                main = art.write_torch(v.model, v.arch, tmp)
-            elif fmt == "compressed":
-                main = encoding.write_compressed(v, tmp)
-            elif fmt == "onnx":
-                main = art.write_onnx(v.model, v.in_shape, tmp, dtype=getattr(torch, v.arch["dtype"]))
-            elif fmt == "openvino":
-                onnx_art = self.artifact(v, "onnx")
-                main = art.write_openvino(onnx_art.main, tmp)
-            else:
-                raise ValueError(f"unknown artifact format {fmt!r}")
-            return {"main": main}
-
-        entry = self.cache.get_or_build(f"artifacts/{fmt}", key, build)
+        else:
+            exporter = get_exporter(fmt)
+        write = exporter.writer(v)
+        key = {"variant": v.key, "format": fmt, "exporter": source_hash(*exporter.code()),
+               "versions": producer_versions(producers_of(write, ()))}
+        entry = self.cache.get_or_build(f"artifacts/{fmt}", key, lambda tmp: {"main": write(v, tmp)})
         main = ArtifactCache.meta(entry)["main"]
-        a = Artifact(fmt, entry / main, art.files_of(entry, main), meta=dict(v.facts.get("artifact_meta", {})))
+        q = v.export.quantization
+        meta = {"dtype": v.export.dtype, **({"quantization": q.label} if q is not None else {})}
+        a = Artifact(fmt, entry / main, exporter.files(entry, main), meta=meta)
         self._artifacts[k] = a
         return a
 
@@ -253,7 +297,7 @@ def guardrail_floor(wb: Workbench, v: Variant) -> tuple[float, str]:
     """The top-1 a record must reach: the pair's floor for baselines; for a compressed variant,
     its baseline's measured top-1 minus the drop its config allows."""
     if v.variant_id == "fp32" or "allowed_drop_pp" not in v.facts:
-        f = floor_for(v.model_name, v.dataset_name)
+        f = floor_for(v.model_name, v.dataset_name, wb.config)
         return f, f"floor for {v.model_name} on {v.dataset_name}"
     base = wb.evaluate(wb.baseline(v.model_name, v.dataset_name), "torch-cpu").top1
     drop = float(v.facts["allowed_drop_pp"])

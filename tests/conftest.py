@@ -8,6 +8,8 @@ from squeezebench.data import Dataset
 from squeezebench.settings import resolve_settings
 from squeezebench.workbench import Workbench
 
+pytest_plugins = ["pytester"]  # plugin tests run pytest in temporary projects
+
 
 def make_tiny_dataset(name: str = "tiny", channels: int = 1, size: int = 16, n_train: int = 256,
                       n_test: int = 128, classes: int = 4, seed: int = 0) -> Dataset:

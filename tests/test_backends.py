@@ -65,7 +65,7 @@ def test_onnx_external_data_is_counted(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from squeezebench.artifacts import files_of
+    from squeezebench.backends.onnx_export import onnx_files
 
     m = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Identity", ["w"], ["y"])], "g", [],
@@ -73,7 +73,7 @@ def test_onnx_external_data_is_counted(tmp_path):
         [numpy_helper.from_array(np.ones(1000, np.float32), "w")]))
     onnx.save_model(m, str(tmp_path / "model.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
-    files = files_of(tmp_path, "model.onnx")
+    files = onnx_files(tmp_path, "model.onnx")
     assert [p.name for p in files] == ["model.onnx", "model.onnx.data"]
 
 

@@ -11,9 +11,9 @@ from typing import Callable
 
 import pytest
 
-from reports.cli import main
-from reports.compare import REGRESSED, compare_runs
-from reports.history import load_history
+from squeezebench.reports.cli import main
+from squeezebench.reports.compare import REGRESSED, compare_runs
+from squeezebench.reports.history import load_history
 
 HISTORY = next((Path(__file__).parent / "data" / "history").rglob("0001_*.json"))
 BASE = json.loads(HISTORY.read_text())

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import models
+import squeezebench.models as models
 from squeezebench.metrics import count_macs, count_params
 
 

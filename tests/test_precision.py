@@ -10,7 +10,9 @@ import torch
 from squeezebench.backends import BackendUnavailable
 from squeezebench.backends.base import facts_problems, int8_facts, precision_of
 from squeezebench.compression import ConfigError, parse_variant_id
-from squeezebench.compression.precision import ORT_NO_BF16, ORT_NO_FP64_CONV, OPENVINO_NO_FP64, PrecisionConfig
+from squeezebench.backends.onnxruntime_backend import ORT_NO_BF16, ORT_NO_FP64_CONV
+from squeezebench.backends.openvino_backend import OPENVINO_NO_FP64
+from squeezebench.compression.precision import PrecisionConfig
 from squeezebench.workbench import Variant
 
 DATA = "tiny"
@@ -150,7 +152,7 @@ def test_bf16(wb):
 
 def test_bench_fixture_skips_with_the_reason(wb):
     """backend_session skips (with the variant's reason) instead of building a session."""
-    from fixtures.bench import backend_session
+    from squeezebench.fixtures import backend_session
     from squeezebench.profiles import Case
 
     v = wb.variant("lenet5", DATA, "fp64")

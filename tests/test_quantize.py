@@ -139,10 +139,10 @@ def test_consistency_check_fails_an_inconsistent_int8_record():
 def test_ort_reports_float_kernels_for_a_float_artifact_labelled_int8(wb, tmp_path):
     """The detector reads the graph ORT runs: a float ONNX under an int8 label is reported float."""
     pytest.importorskip("onnxruntime")
-    from squeezebench import artifacts as art
+    from squeezebench.backends.onnx_export import write_onnx
     from squeezebench.backends.onnxruntime_backend import OnnxRuntimeCPU
 
-    main = tmp_path / art.write_onnx(wb.baseline(MODEL, DATA).model, (1, 16, 16), tmp_path)
+    main = tmp_path / write_onnx(wb.baseline(MODEL, DATA).model, (1, 16, 16), tmp_path)
     s = OnnxRuntimeCPU(1).load(Artifact("onnx", main, (main,), meta={"quantization": "int8-static"}))
     s.predict(torch.zeros(2, 1, 16, 16))
     with pytest.warns(RuntimeWarning):
@@ -294,10 +294,10 @@ def test_qat_on_openvino_runs_int8(wb):
 def test_weight_folding_keeps_the_numbers(wb, tmp_path):
     """fold_weight_qdq stores the same int8 values QuantizeLinear would compute at run time."""
     ort = pytest.importorskip("onnxruntime")
-    from squeezebench import artifacts as art
+    from squeezebench.backends.onnx_export import write_onnx
 
     v = wb.variant(MODEL, DATA, "int8-qat")
-    art.write_onnx(v.model, (1, 16, 16), tmp_path)  # unfolded: float weights + QuantizeLinear
+    write_onnx(v.model, (1, 16, 16), tmp_path)  # unfolded: float weights + QuantizeLinear
     x = {"input": wb.dataset(DATA).test_inputs()[:64].numpy()}
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

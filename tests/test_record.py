@@ -51,7 +51,7 @@ def test_benchmark_rounds_reads_data_and_options():
 
 def _run_pytest(tmp_path, *args):
     (tmp_path / "test_x.py").write_text("def test_x(benchmark):\n    benchmark(lambda: sum(range(50)))\n")
-    cmd = [sys.executable, "-m", "pytest", "-p", "squeezebench.pytest_plugin", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
            "--rootdir", str(tmp_path), "-q", str(tmp_path / "test_x.py"), *args]
     return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
@@ -88,7 +88,7 @@ def test_negative_min_time_is_a_usage_error(tmp_path):
 
 
 def test_help_documents_measurement_options(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "squeezebench.pytest_plugin", "-p", "no:cacheprovider",
+    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                         "--rootdir", str(tmp_path), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     text = " ".join(p.stdout.split())
     assert "--sb-min-time" in text and "Default: --benchmark-max-time (pytest-benchmark's, 1.0)" in text
@@ -96,8 +96,11 @@ def test_help_documents_measurement_options(tmp_path):
 
 
 # -- record validity and parity facts (issue "Records that hold on every machine") ----------------
-def _fake_variant(facts: dict | None = None, writers: dict | None = None, dtype: str = "float32"):
-    return SimpleNamespace(facts=facts or {}, writers=writers or {}, arch={"dtype": dtype}, chain=[], model=None)
+def _fake_variant(facts: dict | None = None, export=None, dtype: str = "float32"):
+    from squeezebench.domain import ExportSpec
+
+    return SimpleNamespace(facts=facts or {}, export=export or ExportSpec(dtype), arch={"dtype": dtype}, chain=[],
+                           model=None)
 
 
 def _fake_record(tmp_path, *, backend="onnxruntime", top1=98.5, parity=1.0, variant=None):
@@ -132,6 +135,7 @@ def test_failed_guardrail_and_parity_make_an_invalid_record_naming_value_and_bou
 
 
 def test_parity_minimum_and_reference_come_from_the_variant(tmp_path):
+    from squeezebench.domain import ExportSpec, QuantSpec
     from squeezebench.record import ROUND_TRIP, parity_fields
 
     fp32 = _fake_variant()
@@ -140,7 +144,7 @@ def test_parity_minimum_and_reference_come_from_the_variant(tmp_path):
         "parity_check": ROUND_TRIP}  # torch against its own module: no independent check
     assert parity_fields("openvino", fp32)["parity_check"] == "cross-runtime: openvino against torch"
     int8 = _fake_variant({"parity_min": 0.95, "quantization": {"reference": "fp32 model (each runtime calibrates itself)"}},
-                         writers={"torch": lambda out: "model.pt"})
+                         export=ExportSpec(quantization=QuantSpec("static", per_channel=True)))
     f = parity_fields("torch-cpu", int8)
     assert f["parity_min"] == 0.95 and f["parity_reference"].startswith("fp32 model (each runtime calibrates itself)")
     assert f["parity_check"].startswith("same runtime, another module")
@@ -177,7 +181,7 @@ def test_a_failed_benchmark_test_saves_its_record_as_invalid(tmp_path):
     """pytest-benchmark saves a failed test's record with its extra_info: the plugin marks it invalid."""
     (tmp_path / "test_x.py").write_text(BACKSTOP_TESTS)
     out = tmp_path / "b.json"
-    cmd = [sys.executable, "-m", "pytest", "-p", "squeezebench.pytest_plugin", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
            "--rootdir", str(tmp_path), "-q", str(tmp_path / "test_x.py"), "--benchmark-max-time=0.01",
            f"--benchmark-json={out}"]
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -194,7 +198,7 @@ def test_a_failed_benchmark_test_saves_its_record_as_invalid(tmp_path):
 
 
 def test_cpu_identity_from_proc_cpuinfo():
-    from reports.history import KERNEL_FLAGS as REPORTS_FLAGS
+    from squeezebench.reports.history import KERNEL_FLAGS as REPORTS_FLAGS
     from squeezebench.machine import KERNEL_FLAGS, kernel_flags, parse_cpuinfo
 
     text = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"

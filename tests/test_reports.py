@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from reports import paper
-from reports.analysis import compression_reality, latency_ratio, pareto_front
-from reports.cli import main
-from reports.history import HistoryError, expand_paths, load_histories, load_history
+from squeezebench.reports import paper
+from squeezebench.reports.analysis import compression_reality, latency_ratio, pareto_front
+from squeezebench.reports.cli import main
+from squeezebench.reports.history import HistoryError, expand_paths, load_histories, load_history
 
 DATA = Path(__file__).parent / "data" / "history"
 HISTORY = next(DATA.rglob("0001_*.json"))
@@ -355,12 +355,12 @@ def test_invalid_record_is_shown_failed_in_every_view(tmp_path, capsys, monkeypa
     doc = (tmp_path / "html" / "report.html").read_text()
     assert '<td class="bad">INVALID: top-1 93.10% &lt; floor 94.59%' in doc
     # "is it real?": the row says it failed, no speedup is claimed
-    from reports.render import machine_runs, reality_table
+    from squeezebench.reports.render import machine_runs, reality_table
 
     row = next(r for r in reality_table(machine_runs([load_history(path)])[0], "t").rows if r[2] == "kd-t4")
     assert row[-1] == f"INVALID: {KD4_REASON}" and row[5] == "—"
     # plots: left out, and every caption says so
-    from reports import plots
+    from squeezebench.reports import plots
 
     drawn = []
     real = plots.pareto_plots
@@ -388,7 +388,7 @@ def test_invalid_fp32_record_is_no_baseline(tmp_path):
 
 
 def test_results_show_parity_against_its_minimum(tmp_path, capsys):
-    from reports.render import machine_runs, side_by_side_table
+    from squeezebench.reports.render import machine_runs, side_by_side_table
 
     path = planted(tmp_path, {
         INT8_ORT: lambda e: e.update(parity_agreement=0.9812, parity_min=0.95,
@@ -405,7 +405,7 @@ def test_results_show_parity_against_its_minimum(tmp_path, capsys):
 
 
 def test_effective_precision_and_int8_share_are_shown(tmp_path):
-    from reports.render import machine_runs, side_by_side_table
+    from squeezebench.reports.render import machine_runs, side_by_side_table
 
     def ov_bf16(e):
         e.update(backend="openvino", runtime={"inference_precision_hint": "f16", "inference_precision_effective": "bf16"})
@@ -441,8 +441,8 @@ def with_flags(flags: list[str], node: str = "vm"):
 
 
 def test_machines_that_differ_only_in_cpu_flags_are_two_machines(tmp_path, capsys):
-    from reports.history import group_by_machine
-    from reports.render import machine_runs, machines_table
+    from squeezebench.reports.history import group_by_machine
+    from squeezebench.reports.render import machine_runs, machines_table
 
     a = load_history(planted(tmp_path, {}, "0001_avx2.json", machine=with_flags(AVX2)))
     b = load_history(planted(tmp_path, {}, "0002_avx512.json", machine=with_flags(AVX512)))
@@ -473,15 +473,15 @@ def test_machines_that_differ_only_in_cpu_flags_are_two_machines(tmp_path, capsy
 def test_runs_of_one_machine_stay_one_machine_whatever_its_node_name(tmp_path):
     """Identity is what decides speed; node names are shown, not compared (two CI runners of one
     instance type are one machine). Other cores, family/model or GPUs make another machine."""
-    from reports.history import group_by_machine
-    from reports.render import machine_runs
+    from squeezebench.reports.history import group_by_machine
+    from squeezebench.reports.render import machine_runs
 
     a = load_history(planted(tmp_path, {}, "0001_a.json", machine=with_flags(AVX2, node="runner-1")))
     b = load_history(planted(tmp_path, {}, "0002_b.json", machine=with_flags(AVX2, node="runner-2")))
     assert len(group_by_machine([a, b])) == 1
     runs = machine_runs([a, b])
     assert [r.short for r in runs] == ["M1.1", "M1.2"]
-    from reports.render import machines_table
+    from squeezebench.reports.render import machines_table
 
     assert next(r for r in machines_table(runs).rows if r[0] == "node")[1] == "runner-1 / runner-2"
     # a newer run that also records squeezebench's own CPU facts is still the same machine

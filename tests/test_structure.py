@@ -44,3 +44,129 @@ def test_compression_knows_no_workbench_and_backends_no_compression():
         assert "squeezebench.workbench" not in _imports(p), f"{p.name} imports the workbench"
     for p in (ROOT / "squeezebench" / "backends").glob("*.py"):
         assert not any(m.startswith("squeezebench.compression") for m in _imports(p)), f"{p.name} imports compression"
+
+
+# -- backends own their formats; compression knows no runtime ------------------------------------
+RUNTIMES = ("onnxruntime", "openvino", "nncf")
+
+
+def test_compression_imports_no_runtime():
+    """A compression step says what it produced (the variant's export spec); writing a runtime's
+    format is that backend's exporter's job. Function-level imports count."""
+    for p in sorted((ROOT / "squeezebench" / "compression").glob("*.py")):
+        runtimes = {m for m in _imports(p) if m.split(".")[0] in RUNTIMES}
+        assert not runtimes, f"{p.name} imports {sorted(runtimes)}: export in squeezebench/backends/ instead"
+
+
+def _code_strings(path: Path) -> set[str]:
+    """String constants of a file's code (docstrings left out)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return {n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs}
+
+
+def test_compression_names_no_backend():
+    """Which backend cannot run a variant is the backend's to say (``Backend.support_reason``)."""
+    from squeezebench.backends import list_backends
+
+    for p in sorted((ROOT / "squeezebench" / "compression").glob("*.py")):
+        named = _code_strings(p) & set(list_backends())
+        assert not named, f"{p.name} names backends {sorted(named)}"
+
+
+def test_a_backend_with_a_new_format_is_one_module(tmp_path, monkeypatch):
+    """Everything a backend with a new artifact format needs lives in one module (here: this
+    test): an exporter for its format and a backend that loads it, each registered. The engine
+    then exports, caches (keyed on the exporter's producers), loads and evaluates through it, and
+    skips what it says it cannot run, without a line changed anywhere else."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from conftest import new_tiny_workbench
+    from squeezebench.backends import base
+    from squeezebench.backends import Backend, BackendUnavailable, Exporter, Session
+    from squeezebench.backends import register_backend, register_exporter
+    from squeezebench.cache import ArtifactCache
+    from squeezebench.keys import library_version, produced_by
+    from squeezebench.models import create_model
+
+    # Registered for this test only.
+    monkeypatch.setattr(base, "_BACKENDS", dict(base._BACKENDS))
+    monkeypatch.setattr(base, "_EXPORTERS", dict(base._EXPORTERS))
+
+    # -- the one module: squeezebench/backends/numpy_backend.py -----------------------------------
+    @produced_by("torch", "numpy")
+    def write_npz(v, out: Path) -> str:
+        np.savez(out / "weights.npz", **{k: t.detach().float().numpy() for k, t in v.model.state_dict().items()})
+        (out / "arch.json").write_text(json.dumps(v.arch, sort_keys=True))
+        return "weights.npz"
+
+    @register_exporter
+    class NumpyExporter(Exporter):
+        format = "numpy"
+
+        def writer(self, v):
+            return write_npz
+
+        def files(self, entry: Path, main: str) -> tuple[Path, ...]:
+            return (entry / main, entry / "arch.json")
+
+    class FuncSession(Session):
+        def __init__(self, module, params):
+            self.module, self.params, self.threads = module, params, 1
+
+        def prepare(self, x):
+            return x.float()
+
+        def run(self, x):
+            with torch.no_grad():
+                return torch.func.functional_call(self.module, self.params, (x,))
+
+        def to_numpy(self, out):
+            return out.numpy()
+
+    @register_backend
+    class NumpyFunc(Backend):
+        name = "numpy-func"
+        artifact_format = "numpy"
+
+        @classmethod
+        def support_reason(cls, v):
+            return "numpy weights are float: no int8" if v.export.quantization is not None else None
+
+        def load(self, artifact):
+            arch = json.loads((artifact.main.parent / "arch.json").read_text())
+            module = create_model(arch["model"], tuple(arch["in_shape"]), arch["num_classes"], **arch["kwargs"])
+            with np.load(artifact.main) as z:
+                params = {k: torch.from_numpy(z[k]) for k in z.files}
+            return FuncSession(module.eval(), params)
+    # ----------------------------------------------------------------------------------------------
+
+    keys: dict[str, dict] = {}
+    real = ArtifactCache.get_or_build
+
+    def spy(self, namespace, key, build):
+        keys[namespace] = key
+        return real(self, namespace, key, build)
+
+    monkeypatch.setattr(ArtifactCache, "get_or_build", spy)
+    wb = new_tiny_workbench(tmp_path)
+    v = wb.baseline("lenet300_100", "tiny")
+    assert "numpy" in v.formats and "numpy-func" not in v.unsupported
+    a = wb.artifact(v, "numpy")
+    assert a.format == "numpy" and {p.name for p in a.files} == {"weights.npz", "arch.json"}
+    assert a.nbytes >= 4 * sum(p.numel() for p in v.model.parameters())
+    assert keys["artifacts/numpy"]["versions"] == {"numpy": library_version("numpy"), "torch": library_version("torch")}
+    ev = wb.evaluate(v, "numpy-func")
+    assert ev.parity_agreement == 1.0 and ev.max_abs_logit_diff < 1e-4
+
+    q = wb.variant("lenet300_100", "tiny", "int8-dynamic")
+    assert "numpy" not in q.formats and q.unsupported["numpy-func"] == "numpy weights are float: no int8"
+    assert q.unsupported_reason("numpy-func", "numpy") == "numpy weights are float: no int8"
+    with pytest.raises(BackendUnavailable, match="no int8"):
+        wb.session(q, "numpy-func")

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from models import create_model
+from squeezebench.models import create_model
 from squeezebench.backends import get_backend
 from squeezebench.compression import ConfigError, parse_variant_id, variant_id
 from squeezebench.compression.structured import StructuredPruneConfig

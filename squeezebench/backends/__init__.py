@@ -1,9 +1,11 @@
-"""Runtimes. Importing this package registers every backend; none imports its runtime
-until it is used, so a missing optional library only skips that backend."""
+"""Runtimes. Importing this package registers every backend and the exporter of its artifact
+format; none imports its runtime until it is used, so a missing optional library only skips that
+backend."""
 from squeezebench.backends.base import (
-    Artifact, Backend, BackendUnavailable, Session, get_backend, list_backends, register_backend,
+    Artifact, Backend, BackendUnavailable, Exporter, Session, get_backend, get_exporter, list_backends,
+    register_backend, register_exporter, support,
 )
 from squeezebench.backends import torch_backend, onnxruntime_backend, openvino_backend  # noqa: F401
 
-__all__ = ["Artifact", "Backend", "BackendUnavailable", "Session", "get_backend", "list_backends",
-           "register_backend"]
+__all__ = ["Artifact", "Backend", "BackendUnavailable", "Exporter", "Session", "get_backend", "get_exporter",
+           "list_backends", "register_backend", "register_exporter", "support"]

@@ -1,18 +1,26 @@
-"""The backend interface: load an artifact, run a batch, return logits.
+"""The backend interface: export a variant to a runtime's format, load it, run a batch, return logits.
 
-A backend knows one runtime only. Which artifact format it loads is a class attribute;
-exporting to that format is the job of :mod:`squeezebench.artifacts`.
+A backend knows one runtime only. Which artifact format it loads is a class attribute; the
+:class:`Exporter` registered for that format writes it from the variant's runtime-free
+:class:`~squeezebench.domain.ExportSpec`, and :meth:`Backend.support_reason` says which variants
+the runtime cannot run. Adding a backend with a new format is one module: a ``Backend`` and an
+``Exporter``, each registered.
 """
 from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 
-from squeezebench.domain import Artifact
+from squeezebench.domain import Artifact, Variant
+
+# Writes a variant's artifact into a directory (a cache entry being built) and returns the main
+# file's name; marked with ``squeezebench.keys.produced_by`` (the libraries that compute its bytes).
+Writer = Callable[[Variant, Path], str]
 
 
 class BackendUnavailable(Exception):
@@ -209,16 +217,52 @@ class Backend(ABC):
         """None when usable here, else why not (used as the skip reason)."""
         return None
 
+    @classmethod
+    def support_reason(cls, v: Variant) -> str | None:
+        """None when this runtime can run ``v`` (its export spec), else why not (the skip reason).
+        Static knowledge: answered without importing the runtime."""
+        return None
+
     @abstractmethod
     def load(self, artifact: Artifact) -> Session:
         ...
 
 
+class Exporter(ABC):
+    """Writes one artifact format from a variant: its torch model, arch and export spec."""
+
+    format: ClassVar[str]
+
+    @abstractmethod
+    def writer(self, v: Variant) -> Writer:
+        """The function that writes ``v``'s artifact (marked with the libraries that compute it)."""
+
+    def code(self) -> tuple[Any, ...]:
+        """Modules whose source decides the bytes: their hash is part of the artifact's cache key."""
+        return (type(self),)
+
+    def files(self, entry: Path, main: str) -> tuple[Path, ...]:
+        """Every file a backend loads for ``main`` (for honest byte counts)."""
+        return (entry / main,)
+
+    def tool(self, v: Variant) -> str | None:
+        """How this format's artifact of an int8 variant is made (recorded in the variant's
+        ``facts["quantization"]["tools"]``), None when there is nothing to say."""
+        return None
+
+
 _BACKENDS: dict[str, type[Backend]] = {}
+_EXPORTERS: dict[str, Exporter] = {}
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
     _BACKENDS[cls.name] = cls
+    return cls
+
+
+def register_exporter(cls: type[Exporter]) -> type[Exporter]:
+    """Register ``cls()`` as the writer of artifact format ``cls.format``."""
+    _EXPORTERS[cls.format] = cls()
     return cls
 
 
@@ -231,3 +275,19 @@ def get_backend(name: str) -> type[Backend]:
         return _BACKENDS[name]
     except KeyError:
         raise KeyError(f"unknown backend {name!r}; known: {', '.join(_BACKENDS)}") from None
+
+
+def get_exporter(fmt: str) -> Exporter:
+    try:
+        return _EXPORTERS[fmt]
+    except KeyError:
+        raise KeyError(f"no exporter for artifact format {fmt!r}; known: {', '.join(_EXPORTERS)}") from None
+
+
+def support(v: Variant) -> tuple[tuple[str, ...], dict[str, str]]:
+    """What the registered backends say about ``v``: the formats at least one of them can run it
+    from (in registration order), and {backend: why it cannot} for the others."""
+    unsupported = {name: r for name, cls in _BACKENDS.items() if (r := cls.support_reason(v))}
+    formats = tuple(fmt for fmt in _EXPORTERS
+                    if any(cls.artifact_format == fmt and name not in unsupported for name, cls in _BACKENDS.items()))
+    return formats, unsupported

@@ -1,20 +1,31 @@
-"""PyTorch eager on CPU and CUDA, loading a state_dict artifact (weights_only)."""
+"""PyTorch eager on CPU and CUDA, loading a state_dict artifact (weights_only); and the exporter
+of that artifact: the variant's module, or for int8 the module torch.ao converts it to."""
 from __future__ import annotations
 
+import copy
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from squeezebench import torch_int8
 from squeezebench.backends.base import (
-    Artifact, Backend, BackendUnavailable, Session, int8_facts, precision_of, register_backend,
+    Artifact, Backend, BackendUnavailable, Exporter, Session, Writer, int8_facts, precision_of, register_backend,
+    register_exporter,
 )
+from squeezebench.domain import Variant
+from squeezebench.keys import produced_by
 from squeezebench.machine import cpu_model_name
+
+TORCH_CUDA_NO_INT8 = ("torch's int8 kernels (quantized engine x86/fbgemm/oneDNN) are CPU-only; "
+                      "torch-cuda has no eager int8 path for this artifact")
 
 
 def load_torch_model(artifact: Artifact) -> torch.nn.Module:
-    from models import create_model
+    from squeezebench.models import create_model
 
     arch = json.loads((artifact.main.parent / "arch.json").read_text())
     model = create_model(arch["model"], tuple(arch["in_shape"]), arch["num_classes"], **arch.get("kwargs", {}))
@@ -156,6 +167,10 @@ class TorchCUDA(Backend):
             return f"no CUDA device: torch {torch.__version__} (CUDA {build}) sees no GPU"
         return None
 
+    @classmethod
+    def support_reason(cls, v: Variant) -> str | None:
+        return TORCH_CUDA_NO_INT8 if v.export.quantization is not None else None
+
     def load(self, artifact: Artifact) -> Session:
         reason = self.unavailable_reason()
         if reason:
@@ -165,3 +180,81 @@ class TorchCUDA(Backend):
                                artifact_in_shape(artifact))
         session.requested_quantization = artifact.meta.get("quantization")
         return session
+
+
+# -- the exporter ------------------------------------------------------------------------------
+def write_torch(model: nn.Module, arch: dict, out: Path) -> str:
+    """state_dict (loaded with weights_only=True) plus arch.json to rebuild the module."""
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out / "model.pt")
+    (out / "arch.json").write_text(json.dumps(arch, sort_keys=True))
+    return "model.pt"
+
+
+def int8_module(v: Variant) -> nn.Module:
+    """torch.ao's int8 module for ``v``'s quantization: FX ``prepare_fx``/calibrate/``convert_fx``
+    (static, x86 engine: fbgemm/oneDNN int8 kernels), ``quantize_dynamic`` on ``nn.Linear`` (Conv
+    stays float), or ``convert_fx`` of the fine-tuned fake-quant model (QAT)."""
+    q = v.export.quantization
+    float_model = v.export.float_model if v.export.float_model is not None else v.model
+    with torch_int8._quiet():
+        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        if q.method == "static":
+            prepared = prepare_fx(copy.deepcopy(float_model), torch_int8.torch_qconfig_mapping("static", q.per_channel),
+                                  (torch.zeros(1, *v.in_shape),))
+            with torch.no_grad():
+                for b in q.calibration.split(128):
+                    prepared(b)
+            return convert_fx(prepared).eval()
+        if q.method == "dynamic":
+            return quantize_dynamic(copy.deepcopy(float_model), {nn.Linear: torch_int8._dynamic_qconfig(q.per_channel)},
+                                    dtype=torch.qint8)
+        if q.method == "qat":
+            return convert_fx(copy.deepcopy(q.qat_model)).eval()
+    raise ValueError(f"no torch int8 conversion for method {q.method!r}")
+
+
+@produced_by("torch")
+def _write_module(v: Variant, out: Path) -> str:
+    return write_torch(v.model, v.arch, out)
+
+
+@produced_by("torch")
+def _write_int8(v: Variant, out: Path) -> str:
+    """The converted module's state_dict (int8 weight tensors, packed params; loadable with
+    ``weights_only=True``) and arch.json whose ``quant`` entry rebuilds the structure
+    (:func:`squeezebench.torch_int8.torch_int8_skeleton`)."""
+    q = v.export.quantization
+    quant = {"method": q.method, "per_channel": q.per_channel, "engine": torch.backends.quantized.engine}
+    torch.save(int8_module(v).state_dict(), out / "model.pt")
+    (out / "arch.json").write_text(json.dumps({**v.arch, "quant": quant}, sort_keys=True))
+    return "model.pt"
+
+
+_INT8_TOOLS = {
+    "static": "torch.ao.quantization FX prepare_fx/convert_fx (HistogramObserver, reduce_range activations)",
+    "dynamic": "torch.ao.quantization.quantize_dynamic on nn.Linear (Conv stays float)",
+    "qat": "torch.ao.quantization FX prepare_qat_fx (FakeQuantize) + training.fit, convert_fx",
+}
+
+
+@register_exporter
+class TorchExporter(Exporter):
+    """``model.pt`` + ``arch.json``: the variant's module; for int8, torch.ao's converted module
+    (torch's quantized kernels are CPU-only, so torch-cuda skips int8)."""
+
+    format = "torch"
+
+    def writer(self, v: Variant) -> Writer:
+        return _write_int8 if v.export.quantization is not None else _write_module
+
+    def code(self) -> tuple:
+        return (type(self), torch_int8)
+
+    def files(self, entry: Path, main: str) -> tuple[Path, ...]:
+        return (entry / main, entry / "arch.json")
+
+    def tool(self, v: Variant) -> str | None:
+        q = v.export.quantization
+        return _INT8_TOOLS[q.method] if q is not None else None

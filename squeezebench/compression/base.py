@@ -16,7 +16,7 @@ from typing import Callable, ClassVar
 
 from torch import nn
 
-from squeezebench.domain import Engine, Variant
+from squeezebench.domain import Engine, ExportSpec, Variant
 from squeezebench.keys import source_hash
 
 
@@ -64,9 +64,8 @@ class ChainState:
     key: dict
     chain: list[dict] = field(default_factory=list)
     facts: dict = field(default_factory=dict)
-    writers: dict[str, Callable[[Path], str]] = field(default_factory=dict)
-    formats: tuple[str, ...] = ("torch", "onnx", "openvino")
-    artifact_meta: dict = field(default_factory=dict)
+    # What the exporters write (dtype, quantization): declared by a terminal step, runtime-free.
+    export: ExportSpec = field(default_factory=ExportSpec)
     allowed_drop_pp: float = 0.0
     # Integer weights a quantize step settled on, for the compact encoding:
     # {param name: {"values": int8 ndarray, "scale": float32 ndarray, "zero_point": int ndarray, "axis": int|None}}
@@ -177,11 +176,8 @@ def build_variant(wb: Engine, model_name: str, dataset_name: str, vid: str) -> V
                        key=dict(base.key))
     state = apply_chain(state, chain)
     facts = {**state.facts, "allowed_drop_pp": state.allowed_drop_pp}
-    if state.artifact_meta:
-        facts["artifact_meta"] = state.artifact_meta
     return Variant(state.model_name, dataset_name, variant_id(chain), state.model.eval(), state.arch,
-                   state.key, chain=state.chain, facts=facts, writers=state.writers, formats=state.formats,
-                   qweights=state.qweights)
+                   state.key, chain=state.chain, facts=facts, export=state.export, qweights=state.qweights)
 
 
 def token_regex(pattern: str) -> re.Pattern:

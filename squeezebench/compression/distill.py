@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import list_models
+from squeezebench.models import list_models
 from squeezebench import training
 from squeezebench.compression.base import ChainState, CompressionConfig, ConfigError, register_handler
 from squeezebench.compression.prune import keep_zeros

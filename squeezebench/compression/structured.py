@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models import create_model
+from squeezebench.models import create_model
 from squeezebench import training
 from squeezebench.compression.base import ChainState, CompressionConfig, ConfigError, register_handler
 from squeezebench.compression.prune import _pct, finetune_config, keep_zeros, recipe_tag

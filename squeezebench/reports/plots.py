@@ -18,8 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from reports.analysis import distill_temperature, pareto_front, technique_family  # noqa: E402
-from reports.history import Record  # noqa: E402
+from squeezebench.reports.analysis import distill_temperature, pareto_front, technique_family  # noqa: E402
+from squeezebench.reports.history import Record  # noqa: E402
 
 SIZE_BACKEND = "torch-cpu"  # whose artifact_bytes stand for a variant's size when no compressed_bytes
 

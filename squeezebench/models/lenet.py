@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models._registry import InShape, register_model
+from squeezebench.models._registry import InShape, register_model
 
 
 class LeNet300100(nn.Module):

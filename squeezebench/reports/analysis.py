@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from reports.history import Record
+from squeezebench.reports.history import Record
 
 BASELINE_VARIANT = "fp32"
 RATIO_BACKEND = "torch-cpu"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from models._registry import InShape, register_model
+from squeezebench.models._registry import InShape, register_model
 
 
 @register_model

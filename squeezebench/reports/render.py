@@ -8,11 +8,11 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-from reports import paper
-from reports.analysis import RATIO_BACKEND, compression_reality, latency_ratio
-from reports.history import History, Record, group_by_machine
-from reports.plots import Plot, all_plots, energy_unavailable_reasons
-from reports.tables import MISSING, Table, fmt, fmt_kb, fmt_x
+from squeezebench.reports import paper
+from squeezebench.reports.analysis import RATIO_BACKEND, compression_reality, latency_ratio
+from squeezebench.reports.history import History, Record, group_by_machine
+from squeezebench.reports.plots import Plot, all_plots, energy_unavailable_reasons
+from squeezebench.reports.tables import MISSING, Table, fmt, fmt_kb, fmt_x
 
 
 @dataclass

@@ -1,25 +1,25 @@
-"""``python -m reports``: views of saved pytest-benchmark histories (never reruns anything)."""
+"""``squeezebench VIEW`` (and ``python -m reports`` in the squeezebench repo): views of saved pytest-benchmark histories (never reruns anything)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from reports.compare import DEFAULTS
-from reports.history import HistoryError, expand_paths, load_history, load_histories
+from squeezebench.reports.compare import DEFAULTS
+from squeezebench.reports.history import HistoryError, expand_paths, load_history, load_histories
 
 HISTORY_HELP = ("pytest-benchmark JSON files, or directories (each gives the newest NNNN_*.json of every "
                 "machine folder in it). Default: .benchmarks")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "squeezebench") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m reports",
+        prog=prog,
         description="Reports and regression gates from saved pytest-benchmark histories "
                     "(.benchmarks/<machine>/NNNN_*.json). Reads only; never reruns a benchmark. "
                     "Unreadable files are named on stderr and the others are still read.",
         epilog="views: summary, paper, plots, markdown, html, compare. "
-               "'python -m reports VIEW --help' for each one's options.")
+               f"'{prog} VIEW --help' for each one's options.")
     sub = p.add_subparsers(dest="view", metavar="VIEW", required=True)
 
     s = sub.add_parser("summary", help="machines and every record, as a text table")
@@ -106,7 +106,7 @@ def _histories(args) -> list:
 
 
 def cmd_summary(args) -> int:
-    from reports.render import machine_runs, machines_table, side_by_side_table
+    from squeezebench.reports.render import machine_runs, machines_table, side_by_side_table
 
     hs = _histories(args)
     if not hs:
@@ -118,7 +118,7 @@ def cmd_summary(args) -> int:
 
 
 def cmd_paper(args) -> int:
-    from reports import paper
+    from squeezebench.reports import paper
 
     try:
         h = _one(args.history)
@@ -134,7 +134,7 @@ def cmd_paper(args) -> int:
     elif args.format == "text":
         text = "\n".join(pre) + "\n\n" + "\n".join(t.text() for t in ts)
     else:
-        from reports.render import CSS
+        from squeezebench.reports.render import CSS
         import html
 
         text = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{CSS}</style></head><body>"
@@ -150,8 +150,8 @@ def cmd_paper(args) -> int:
 
 
 def cmd_plots(args) -> int:
-    from reports.plots import all_plots, invalid_left_out
-    from reports.render import machine_runs
+    from squeezebench.reports.plots import all_plots, invalid_left_out
+    from squeezebench.reports.render import machine_runs
 
     hs = _histories(args)
     if not hs:
@@ -170,7 +170,7 @@ def cmd_plots(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from reports import render
+    from squeezebench.reports import render
 
     hs = _histories(args)
     if not hs:
@@ -185,7 +185,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from reports.compare import INVALID, MISSING, REGRESSED, compare_runs
+    from squeezebench.reports.compare import INVALID, MISSING, REGRESSED, compare_runs
 
     try:
         base, new = _one(args.base), _one(args.new)
@@ -215,8 +215,8 @@ def cmd_compare(args) -> int:
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "squeezebench") -> int:
+    args = _parser(prog).parse_args(argv)
     handlers = {"summary": cmd_summary, "paper": cmd_paper, "plots": cmd_plots, "markdown": cmd_report,
                 "html": cmd_report, "compare": cmd_compare}
     try:

@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from reports.analysis import bits_per_weight
-from reports.history import History, Record, num
-from reports.tables import MISSING, Table, fmt, fmt_kb, fmt_sci
+from squeezebench.reports.analysis import bits_per_weight
+from squeezebench.reports.history import History, Record, num
+from squeezebench.reports.tables import MISSING, Table, fmt, fmt_kb, fmt_sci
 
 DATA = Path(__file__).resolve().parent / "data"
 SOURCE = ("the study's figures: reports/data/study_tables.csv and study_params.csv, copied from "

@@ -8,6 +8,8 @@ from typing import Callable
 
 from torch import nn
 
+from squeezebench.keys import source_hash
+
 InShape = tuple[int, int, int]  # (channels, height, width)
 
 
@@ -18,9 +20,19 @@ class ModelEntry:
     source_file: Path
     description: str
     full_profile_only: bool = False
+    # What the model's code is, for cache keys; empty for registry models (their source file's
+    # hash). Set by the other sources (squeezebench.models.sources): library version and name.
+    fingerprint: str = ""
+    source: str = "registry"  # registry | callable | torchvision | timm
+
+    @property
+    def code_fingerprint(self) -> str:
+        """Part of every cache key of what this model built: its code (or library and version)."""
+        return self.fingerprint or source_hash(self.source_file)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+SPEC_FORMS = "package.module:callable, torchvision:<name>, timm:<name>"
 
 
 def register_model(
@@ -53,13 +65,20 @@ def model_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}") from None
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}; or "
+                       f"{SPEC_FORMS}") from None
 
 
-def create_model(name: str, in_shape: InShape, num_classes: int, **kwargs) -> nn.Module:
-    """Build a registered model for inputs of ``in_shape`` (C, H, W) and ``num_classes`` outputs."""
+def check_shape(in_shape, num_classes: int) -> tuple[InShape, int]:
     if len(in_shape) != 3 or min(in_shape) < 1:
         raise ValueError(f"in_shape must be (channels, height, width), got {in_shape!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    return model_entry(name).fn(tuple(int(v) for v in in_shape), int(num_classes), **kwargs)
+    return tuple(int(v) for v in in_shape), int(num_classes)  # type: ignore[return-value]
+
+
+def create_model(name: str, in_shape: InShape, num_classes: int, **kwargs) -> nn.Module:
+    """Build a registered model for inputs of ``in_shape`` (C, H, W) and ``num_classes`` outputs.
+    (``squeezebench.models.create_model`` also takes the other sources' specs.)"""
+    shape, n = check_shape(in_shape, num_classes)
+    return model_entry(name).fn(shape, n, **kwargs)

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reports.analysis import RATIO_BACKEND, latency_ratio, no_baseline_reason
-from reports.history import History, Record
-from reports.tables import Table
+from squeezebench.reports.analysis import RATIO_BACKEND, latency_ratio, no_baseline_reason
+from squeezebench.reports.history import History, Record
+from squeezebench.reports.tables import Table
 
 DEFAULTS = {"top1_tol": 0.5, "size_tol": 0.001, "latency_tol": 0.25, "energy_tol": 0.25}
 

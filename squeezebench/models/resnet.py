@@ -5,7 +5,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from models._registry import InShape, register_model
+from squeezebench.models._registry import InShape, register_model
 
 
 class BasicBlock(nn.Module):

@@ -1,0 +1,5 @@
+import sys
+
+from squeezebench.cli import main
+
+sys.exit(main())
