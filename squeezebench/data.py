@@ -97,13 +97,24 @@ class Dataset:
 
 
 _LOADERS: dict[str, Callable[[Path, ArtifactCache, bool], Dataset]] = {}
+# A dataset's facts, beside its loader: ``difficulty`` ("easy": a small network has capacity to
+# spare, so compression defaults allow small drops; anything else, and any dataset that says
+# nothing, gets the generous defaults of a hard one). A user's [tool.squeezebench] overrides
+# the drops these lead to.
+DATASET_FACTS: dict[str, dict] = {}
 
 
-def register_dataset(name: str):
+def register_dataset(name: str, **facts):
     def deco(fn):
         _LOADERS[name] = fn
+        DATASET_FACTS[name] = dict(facts)
         return fn
     return deco
+
+
+def dataset_fact(name: str, key: str, default=None):
+    """What dataset ``name`` declares about itself (``default`` for user datasets)."""
+    return DATASET_FACTS.get(name, {}).get(key, default)
 
 
 def list_datasets() -> list[str]:
@@ -151,7 +162,7 @@ def _torch_u8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.contiguous().to(torch.uint8)
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", difficulty="easy")
 def _load_mnist(root: Path, cache: ArtifactCache, download: bool) -> Dataset:
     from torchvision.datasets import MNIST
 
@@ -178,7 +189,7 @@ def _load_mnist(root: Path, cache: ArtifactCache, download: bool) -> Dataset:
                    source=f"{raw} (torchvision MNIST idx files)")
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", difficulty="hard")
 def _load_cifar10(root: Path, cache: ArtifactCache, download: bool) -> Dataset:
     how = (
         "CIFAR-10 is accepted as torchvision's python batches (<data-dir>/cifar-10-batches-py/) "

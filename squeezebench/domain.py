@@ -98,6 +98,7 @@ class Engine(Protocol):
 
     cache: Any
     progress: Callable[[str], None]
+    config: Any  # squeezebench.config.Config: the user's [tool.squeezebench] settings
 
     @property
     def train_threads(self) -> int: ...

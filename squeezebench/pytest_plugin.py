@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
+from pathlib import Path
 
 import pytest
 
@@ -38,10 +39,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--sb-threads", type=int, default=None,
                 help=f"threads each backend may use, recorded per record. Default: all available "
                      f"cores ({available_cores()})")
-    g.addoption("--sb-models", default=None, help="comma list of registry models to keep. Default: the profile's")
+    g.addoption("--sb-models", default=None,
+                help="comma list of models: registry names (lenet300_100, lenet5, mlp_student, resnet20), "
+                     "package.module:callable (a function (in_shape, num_classes) -> nn.Module, or a "
+                     "zero-argument factory), torchvision:<name> (untrained, adapted to the dataset) or "
+                     "timm:<name> (needs timm). Default: the profile's")
     g.addoption("--sb-datasets", default=None,
-                help="comma list of datasets: mnist, cifar10 or folder:<path> for an image-folder "
-                     "tree <path>/{train,test}/<class>/*. Default: the profile's")
+                help="comma list of datasets: mnist, cifar10, folder:<path> for an image-folder "
+                     "tree <path>/{train,test}/<class>/*, or package.module:callable returning "
+                     "(x_train, y_train, x_test, y_test) or (train_dataset, test_dataset). Default: the profile's")
+    g.addoption("--sb-checkpoint", action="append", default=[], metavar="MODEL=PATH",
+                help="load MODEL's fp32 baseline from PATH (a state_dict .pt, read with weights_only=True, "
+                     "or .safetensors) instead of training it; repeatable or a comma list. Its sha256 "
+                     "is part of every cache key built from it")
     g.addoption("--sb-variants", default=None, help="comma list of variant ids. Default: the profile's")
     g.addoption("--sb-backends", default=None,
                 help="comma list of backends (torch-cpu, torch-cuda, onnxruntime, openvino). Default: the profile's")
@@ -87,6 +97,10 @@ def selected_profile(config: pytest.Config, user=None):
     except ValueError as e:
         raise pytest.UsageError(f"squeezebench config: {e}") from None
     batches = _csv(config.getoption("sb_batches"))
+    for b in batches or ():
+        if not b.isdigit() or int(b) < 1:
+            raise pytest.UsageError(f"--sb-batches: {b!r} is not a positive integer; give batch sizes "
+                                    "such as --sb-batches 1,256")
     try:
         return profile.override(
             models=_csv(config.getoption("sb_models")), datasets=_csv(config.getoption("sb_datasets")),
@@ -97,13 +111,97 @@ def selected_profile(config: pytest.Config, user=None):
         raise pytest.UsageError(f"--sb-*: {e}") from None
 
 
+def _origins(config: pytest.Config, profile) -> dict[str, str]:
+    """Where each kind of name of the selection came from: its option, else the profile."""
+    return {kind: (f"--sb-{kind}" if config.getoption(f"sb_{kind}") else f"profile {profile.name!r}")
+            for kind in ("models", "datasets", "variants", "backends")}
+
+
+def check_selection(config: pytest.Config, profile) -> None:
+    """Every name the run selects (from the options, or from a profile of a config file), checked
+    once before any work: a bad one is one ``pytest.UsageError`` line naming the value, where it
+    came from and the fix (exit code 4). Names of the built-in profiles are known good."""
+    from squeezebench.profiles import PROFILES
+
+    builtin = [p for p in PROFILES.values()]
+    known = {"models": {m for p in builtin for m, _ in p.pairs}, "datasets": {d for p in builtin for _, d in p.pairs},
+             "variants": {v for p in builtin for v in p.variants}, "backends": {b for p in builtin for b in p.backends}}
+    origin = _origins(config, profile)
+    models = [m for m in dict.fromkeys(m for m, _ in profile.pairs) if m not in known["models"]]
+    datasets = [d for d in dict.fromkeys(d for _, d in profile.pairs) if d not in known["datasets"]]
+    for m in models:
+        from squeezebench.models import ModelSourceError, ModelUnavailable, resolve
+
+        try:
+            resolve(m)
+        except ModelUnavailable:
+            pass  # an optional library is missing: its benchmarks skip with the reason
+        except KeyError as e:
+            raise pytest.UsageError(f"{origin['models']}: {e.args[0]}") from None
+        except ModelSourceError as e:
+            raise pytest.UsageError(f"{origin['models']}: {e}") from None
+    for d in datasets:
+        from squeezebench.data import DataError, check_dataset_spec
+
+        try:
+            check_dataset_spec(d)
+        except DataError as e:
+            raise pytest.UsageError(f"{origin['datasets']}: {e}") from None
+    for v in (v for v in profile.variants if v not in known["variants"]):
+        from squeezebench.compression import parse_variant_id
+
+        try:
+            parse_variant_id(v)
+        except ValueError as e:
+            raise pytest.UsageError(f"{origin['variants']}: variant {v!r}: {e}") from None
+    for b in (b for b in profile.backends if b not in known["backends"]):
+        from squeezebench.backends import list_backends
+
+        if b not in list_backends():
+            raise pytest.UsageError(f"{origin['backends']}: unknown backend {b!r}; known: "
+                                    f"{', '.join(list_backends())}")
+
+
+def selected_checkpoints(config: pytest.Config, profile) -> dict[str, Path]:
+    """``--sb-checkpoint MODEL=PATH`` (repeated or comma lists) as {model: absolute path}."""
+    out: dict[str, Path] = {}
+    models = list(dict.fromkeys(m for m, _ in profile.pairs))
+    base = Path(config.invocation_params.dir)
+    for item in config.getoption("sb_checkpoint") or ():
+        for part in _csv(item) or ():
+            model, sep, path = (x.strip() for x in part.partition("="))
+            where = f"--sb-checkpoint {part}"
+            if not sep or not model or not path:
+                raise pytest.UsageError(f"{where}: expected MODEL=PATH, e.g. --sb-checkpoint lenet5=weights/lenet5.pt")
+            if model not in models:
+                raise pytest.UsageError(f"{where}: model {model!r} is not benchmarked in this run "
+                                        f"({', '.join(models)}); name one of those, or add it with --sb-models")
+            p = Path(path).expanduser()
+            p = p if p.is_absolute() else base / p
+            if not p.is_file():
+                raise pytest.UsageError(f"{where}: no such file {p}")
+            if p.suffix.lower() == ".safetensors":
+                try:
+                    import safetensors  # noqa: F401
+                except ImportError:
+                    raise pytest.UsageError(f"{where}: reading .safetensors needs the safetensors package "
+                                            "(pip install safetensors), or save a .pt state_dict") from None
+            if out.get(model, p) != p:
+                raise pytest.UsageError(f"{where}: {model} already has checkpoint {out[model]}; give one per model")
+            out[model] = p
+    return out
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Declared by the plugin, so a user's project with --strict-markers needs no ini lines.
     config.addinivalue_line("markers", "bench: a benchmark record (model x dataset x variant x backend x batch)")
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped with a reason without one")
     user = load_user_config(config)
     config._squeezebench_config = user  # type: ignore[attr-defined]
-    config._squeezebench_profile = selected_profile(config, user)  # type: ignore[attr-defined]
+    profile = selected_profile(config, user)
+    check_selection(config, profile)
+    config._squeezebench_profile = profile  # type: ignore[attr-defined]
+    config._squeezebench_checkpoints = selected_checkpoints(config, profile)  # type: ignore[attr-defined]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -78,12 +78,10 @@ def test_distill_into_pruned_teacher_then_qat_keeps_zeros(tiny_workbench):
 
 def test_qat_after_distillation_fine_tunes_with_the_students_recipe(tiny_workbench, monkeypatch):
     _quantize()
-    from dataclasses import replace
+    from squeezebench.config import parse_config
 
-    from squeezebench import recipes
-
-    generic = recipes.recipe_for("lenet300_100", "tiny")
-    monkeypatch.setitem(recipes.RECIPES, ("mlp_student", "tiny"), replace(generic, lr=0.0123))
+    # The student's recipe comes from the user's config here (beside the model otherwise).
+    tiny_workbench.config = parse_config({"pairs": {"mlp_student": {"tiny": {"recipe": {"lr": 0.0123}}}}}, "test")
     v = tiny_workbench.variant("lenet300_100", "tiny", "kd-t4+int8-qat-e1")
     assert v.arch["model"] == "mlp_student"
     # QAT runs at 1/20 of the current (student) model's recipe lr, not the teacher's.

@@ -89,3 +89,86 @@ def test_a_named_file(tmp_path):
     f.write_text("[models\n")
     with pytest.raises(ConfigFileError, match="not valid TOML"):
         load_config(f)
+
+
+def test_the_config_reaches_recipes_floors_drops_and_calibration(tmp_path):
+    """The engine reads the user's settings: recipe fields over the built-in recipe, the floor,
+    the allowed drop per technique, the calibration size, the student's allowed drop."""
+    from conftest import make_tiny_dataset
+
+    from squeezebench.settings import resolve_settings
+    from squeezebench.workbench import Workbench, guardrail_floor
+
+    cfg = parse_config({
+        "models": {"lenet300_100": {"recipe": {"epochs": 1, "lr": 0.01}, "floor": 12.5,
+                                    "allowed-drop": {"quantize": 0.25, "prune": 3.0}}},
+        "datasets": {"tiny": {"calibration-images": 32, "student-allowed-drop": 7.0}},
+    }, "test")
+    wb = Workbench(resolve_settings(data_dir=tmp_path / "d", cache_dir=tmp_path / "c", threads=1), config=cfg)
+    wb._datasets["tiny"] = make_tiny_dataset()
+    base = wb.baseline("lenet300_100", "tiny")
+    assert base.facts["recipe"]["epochs"] == 1 and base.facts["recipe"]["lr"] == 0.01
+    assert base.facts["recipe"]["optimizer"] == "adam"  # the rest of the built-in (generic) recipe
+    assert guardrail_floor(wb, base)[0] == 12.5
+    q = wb.variant("lenet300_100", "tiny", "int8-static")
+    assert q.facts["allowed_drop_pp"] == 0.25 and q.facts["quantization"]["calibration_images"] == 32
+    assert wb.variant("lenet300_100", "tiny", "int8-static-cal64").facts["quantization"]["calibration_images"] == 64
+    assert wb.variant("lenet300_100", "tiny", "prune50").facts["allowed_drop_pp"] == 3.0
+    assert wb.variant("lenet300_100", "tiny", "kd-t4").facts["allowed_drop_pp"] == 7.0
+    # Another model keeps the built-in defaults.
+    assert wb.variant("mlp_student", "tiny", "int8-static").facts["allowed_drop_pp"] == 0.5
+
+
+def test_a_bad_config_stops_pytest_with_one_line(pytester):
+    pytester.makepyprojecttoml('[tool.squeezebench.models.m]\nflor = 3\n')
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert r.ret == 4
+    err = r.stderr.str()
+    assert "squeezebench config: " in err and "unknown key models.'m'.flor" in err and "Traceback" not in err
+
+
+def test_config_profile_is_the_default_and_options_override(pytester):
+    pytester.makepyprojecttoml('[tool.squeezebench]\nprofile = "mine"\n'
+                               '[tool.squeezebench.profiles.mine]\nmodels = ["lenet5"]\ndatasets = ["mnist"]\n'
+                               'variants = ["fp32", "int8-static"]\nbackends = ["onnxruntime"]\nbatches = [3]\n')
+    pytester.makepyfile(test_x="def test_variant(case):\n    pass\n")
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q")
+    out = r.stdout.str()
+    assert "test_variant[lenet5-mnist-fp32-onnxruntime-b3]" in out and "int8-static-onnxruntime-b3" in out
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q", "--sb-batches", "5",
+                                      "--sb-variants", "fp32")
+    out = r.stdout.str()
+    assert "test_variant[lenet5-mnist-fp32-onnxruntime-b5]" in out and "int8" not in out
+
+
+def test_keep_layers_and_width_readers(tmp_path):
+    """Structured pruning keeps the layers the user names, rebuilds through the width reader the
+    model's definition declares, and refuses a model that declares none, naming the fix."""
+    from conftest import new_tiny_workbench
+
+    from squeezebench.compression import ConfigError
+    from squeezebench.models import register_model
+    from squeezebench.models._registry import _REGISTRY
+
+    wb = new_tiny_workbench(tmp_path)
+    wb.config = parse_config({"models": {"lenet300_100": {"keep-layers": ["fc1"]}}}, "test")
+    v = wb.variant("lenet300_100", "tiny", "sprune50-dense-e1")
+    assert v.arch["kwargs"] == {"h1": 300, "h2": 50}, v.arch  # fc1 kept whole, fc2 halved
+    wb.config = parse_config({"models": {"lenet300_100": {"keep-layers": ["fc9"]}}}, "test")
+    wb._variants.clear()
+    with pytest.raises(ConfigError, match=r"keep-layers names \['fc9'\].*its layers: fc1, fc2, fc3"):
+        wb.variant("lenet300_100", "tiny", "sprune50-dense-e1")
+
+    from torch import nn
+
+    @register_model
+    def no_widths_mlp(in_shape, num_classes):
+        c, h, w = in_shape
+        return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 8), nn.ReLU(), nn.Linear(8, num_classes))
+
+    try:
+        with pytest.raises(ConfigError, match=r"declares no width reader.*register_model\(widths="):
+            wb.variant("no_widths_mlp", "tiny", "sprune50-dense-e1")
+    finally:
+        _REGISTRY.pop("no_widths_mlp")

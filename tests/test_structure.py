@@ -170,3 +170,34 @@ def test_a_backend_with_a_new_format_is_one_module(tmp_path, monkeypatch):
     assert q.unsupported_reason("numpy-func", "numpy") == "numpy weights are float: no int8"
     with pytest.raises(BackendUnavailable, match="no int8"):
         wb.session(q, "numpy-func")
+
+
+ENGINE = ["workbench", "recipes", "training", "cache", "keys", "domain", "record", "fixtures", "pytest_plugin",
+          "config", "metrics", "encoding", "settings", "trackers", "torch_int8"]
+
+
+def _code_names(path: Path) -> set[str]:
+    """Identifiers and string constants of a module's code (keys, names: no prose, so docstrings,
+    help texts and messages, which may give examples, are excluded)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    out = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings \
+                and not any(c.isspace() for c in n.value):
+            out.add(n.value)
+        elif isinstance(n, ast.Name):
+            out.add(n.id)
+    return out
+
+
+@pytest.mark.parametrize("path", [ROOT / "squeezebench" / f"{m}.py" for m in ENGINE]
+                         + sorted((ROOT / "squeezebench" / "compression").glob("*.py"))
+                         + sorted((ROOT / "squeezebench" / "backends").glob("*.py")), ids=lambda p: p.stem)
+def test_the_engine_names_no_model_or_dataset(path):
+    """Recipes, floors, widths and dataset facts live beside the model and dataset definitions
+    (squeezebench/models/, the loaders in squeezebench/data.py) or in the user's config."""
+    named = {s for s in _code_names(path) for w in ("lenet", "mnist", "cifar", "resnet") if w in s.lower()}
+    assert not named, f"{path.name} names {sorted(named)}"

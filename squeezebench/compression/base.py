@@ -152,6 +152,18 @@ def validate_chain(chain: list[CompressionConfig]) -> None:
                 f"{'+'.join(c.token() for c in chain if c is not cfg)}+{cfg.token()}")
 
 
+def allowed_drop(cfg: CompressionConfig, state: ChainState) -> float:
+    """The top-1 drop a step allows: its config's explicit ``allowed_drop_pp``, else the user's
+    ``allowed-drop`` for its kind (``[tool.squeezebench]``, for the row's model and dataset), else
+    the technique's documented default."""
+    if cfg.allowed_drop_pp is None:
+        user = getattr(state.wb, "config", None)
+        pp = user.allowed_drop(cfg.kind, state.model_name, state.dataset_name) if user is not None else None
+        if pp is not None:
+            return pp
+    return cfg.drop()
+
+
 def apply_chain(state: ChainState, chain: list[CompressionConfig]) -> ChainState:
     """Apply each config's handler in order; the one entry point for every technique."""
     validate_chain(chain)
@@ -164,7 +176,7 @@ def apply_chain(state: ChainState, chain: list[CompressionConfig]) -> ChainState
         # The handler's code is part of what the variant is: a changed handler must not be
         # served a stale artifact.
         state.key = {"after": state.key, "step": cfg.as_dict(), "code": source_hash(type(cfg))}
-        state.allowed_drop_pp = max(state.allowed_drop_pp, cfg.drop())
+        state.allowed_drop_pp = max(state.allowed_drop_pp, allowed_drop(cfg, state))
     return state
 
 

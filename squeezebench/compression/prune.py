@@ -129,7 +129,7 @@ def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def finetune_config(state: ChainState, epochs: int, lr_scale: float, seed_offset: int = 0) -> training.TrainConfig:
     """The current model's recipe, shortened and at a lower learning rate, for recovering accuracy."""
-    base = recipe_for(state.arch["model"], state.dataset_name)
+    base = recipe_for(state.arch["model"], state.dataset_name, state.wb.config)
     return replace(base, epochs=epochs, lr=base.lr * lr_scale, schedule="cosine", seed=base.seed + seed_offset)
 
 

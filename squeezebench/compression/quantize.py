@@ -72,7 +72,8 @@ class QuantizeConfig(CompressionConfig):
 
     kind = "quantize"
     method: str = "static"
-    calibration_images: int = _DEFAULTS["calibration_images"]
+    # None: the user's [tool.squeezebench] calibration-images for the model and dataset, else 512.
+    calibration_images: int | None = None
     per_channel: bool = _DEFAULTS["per_channel"]
     qat_epochs: int = _DEFAULTS["qat_epochs"]
 
@@ -82,14 +83,15 @@ class QuantizeConfig(CompressionConfig):
                               "e.g. QuantizeConfig(method='static') or variant token int8-static")
         if not isinstance(self.per_channel, bool):
             raise ConfigError(f"per_channel must be True or False, got {self.per_channel!r}")
-        if isinstance(self.calibration_images, bool) or not isinstance(self.calibration_images, int) \
-                or self.calibration_images < 1:
+        if self.calibration_images is not None and (
+                isinstance(self.calibration_images, bool) or not isinstance(self.calibration_images, int)
+                or self.calibration_images < 1):
             raise ConfigError(f"calibration_images must be an int >= 1 (training images used to calibrate "
                               f"activation ranges), got {self.calibration_images!r}; e.g. calibration_images=512")
         if isinstance(self.qat_epochs, bool) or not isinstance(self.qat_epochs, int) or self.qat_epochs < 1:
             raise ConfigError(f"qat_epochs must be an int >= 1, got {self.qat_epochs!r}; for no training "
                               "use method='static' (int8-static)")
-        if self.method != "static" and self.calibration_images != _DEFAULTS["calibration_images"]:
+        if self.method != "static" and self.calibration_images is not None:
             raise ConfigError(f"calibration_images applies only to method='static' ({self.method} gets its "
                               "activation ranges " + ("at run time" if self.method == "dynamic" else "in training")
                               + "); drop calibration_images or use method='static'")
@@ -102,7 +104,7 @@ class QuantizeConfig(CompressionConfig):
 
     def token(self) -> str:
         t = f"int8-{self.method}"
-        if self.calibration_images != _DEFAULTS["calibration_images"]:
+        if self.calibration_images is not None:
             t += f"-cal{self.calibration_images}"
         if not self.per_channel:
             t += "-pt"
@@ -120,7 +122,7 @@ class QuantizeConfig(CompressionConfig):
             return None
         method, cal, pt, epochs = m.groups()
         return cls(method=method,
-                   calibration_images=int(cal) if cal else _DEFAULTS["calibration_images"],
+                   calibration_images=int(cal) if cal else None,
                    per_channel=not pt, qat_epochs=int(epochs) if epochs else _DEFAULTS["qat_epochs"])
 
     def default_allowed_drop(self) -> float:
@@ -146,11 +148,12 @@ def _observer_qweights(model: nn.Module, per_channel: bool) -> dict:
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             w = mod.weight.detach().float()
-            ob = _weight_observer(per_channel)()
-            ob(w)
-            scale, zp = ob.calculate_qparams()
-            q = (torch.quantize_per_channel(w, scale.float(), zp, 0, torch.qint8) if per_channel
-                 else torch.quantize_per_tensor(w, float(scale), int(zp), torch.qint8))
+            with _quiet():  # torch deprecates quantized tensors; the int8 values are what we need
+                ob = _weight_observer(per_channel)()
+                ob(w)
+                scale, zp = ob.calculate_qparams()
+                q = (torch.quantize_per_channel(w, scale.float(), zp, 0, torch.qint8) if per_channel
+                     else torch.quantize_per_tensor(w, float(scale), int(zp), torch.qint8))
             out[f"{name}.weight"] = _qtensor_entry(q)
     return out
 
@@ -163,10 +166,11 @@ def _fakequant_qweights(qat_model: nn.Module) -> dict:
         if fq is None:
             continue
         w = mod.weight.detach().float()
-        if fq.is_per_channel:
-            q = torch.quantize_per_channel(w, fq.scale.float(), fq.zero_point.long(), fq.ch_axis, torch.qint8)
-        else:
-            q = torch.quantize_per_tensor(w, float(fq.scale), int(fq.zero_point), torch.qint8)
+        with _quiet():  # torch deprecates quantized tensors; the int8 values are what we need
+            if fq.is_per_channel:
+                q = torch.quantize_per_channel(w, fq.scale.float(), fq.zero_point.long(), fq.ch_axis, torch.qint8)
+            else:
+                q = torch.quantize_per_tensor(w, float(fq.scale), int(fq.zero_point), torch.qint8)
         out[f"{name}.weight"] = _qtensor_entry(q)
     return out
 
@@ -206,7 +210,11 @@ def apply_quantize(cfg: QuantizeConfig, state: ChainState) -> ChainState:
     calib = qat_model = None
 
     if cfg.method == "static":
-        calib = calibration_inputs(state.data, cfg.calibration_images)
+        n_calib = cfg.calibration_images or int(
+            state.wb.config.fact("calibration-images", state.model_name, state.dataset_name)
+            or _DEFAULTS["calibration_images"])
+        state.key = {**state.key, "calibration_images": n_calib}  # what was used, wherever it came from
+        calib = calibration_inputs(state.data, n_calib)
         qweights = _observer_qweights(float_model, cfg.per_channel)
         reference = float_model  # see PARITY_MIN: each runtime calibrates, one common reference
         info.update(calibration_images=len(calib), calibration_source="training split (seeded random subset)",
@@ -231,7 +239,7 @@ def apply_quantize(cfg: QuantizeConfig, state: ChainState) -> ChainState:
             prepared = prepare_qat_fx(copy.deepcopy(float_model).train(), torch_qconfig_mapping("qat", cfg.per_channel),
                                       (torch.zeros(1, *in_shape),))
         # The current model's recipe: after distillation that is the student's, not the teacher's.
-        base = recipe_for(state.arch["model"], state.dataset_name)
+        base = recipe_for(state.arch["model"], state.dataset_name, state.wb.config)
         # Fine-tuning from the trained baseline: 1/20 of its peak learning rate, cosine to zero.
         tcfg = training.TrainConfig(epochs=cfg.qat_epochs, lr=base.lr * 0.05, batch_size=base.batch_size,
                                     optimizer=base.optimizer, momentum=base.momentum, nesterov=base.nesterov,

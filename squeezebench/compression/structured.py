@@ -5,8 +5,8 @@ channels) are removed by torch-pruning's ``MagnitudePruner`` (L1 magnitude impor
 DependencyGraph shrinks every layer that consumes a pruned output, flatten included). The
 output layer and the first convolution are never pruned (as in the study, whose dense+conv
 LeNet-5 kept all of conv1 and a quarter/half of conv2's filters). The pruned module is rebuilt from the registry with the new
-widths (``state.arch["kwargs"]``: h1/h2 for lenet300_100, c1/c2/f1/f2 for lenet5, hidden for
-mlp_student), so the torch artifact (state_dict + arch.json) loads through ``create_model``,
+widths (``state.arch["kwargs"]``, read back by the width reader the model's definition declares:
+``@register_model(widths=...)``), so the torch artifact (state_dict + arch.json) loads through ``create_model``,
 then fine-tuned.
 
 Token grammar: ``sprune<percent>-dense`` (Linear neurons only) or ``sprune<percent>-conv``
@@ -17,14 +17,16 @@ Token grammar: ``sprune<percent>-dense`` (Linear neurons only) or ``sprune<perce
 Default allowed top-1 drop (pp): 1.0 up to a ratio of 50 %, 3.0 up to 75 %, 5.0 above (and above
 50 % when filters go too: sprune75-conv on LeNet-5/MNIST measured 95.40-97.71 % against 99.21 %
 across runs and recipes, 4 to 8 fine-tuning epochs); when
-filters go too, on a dataset other than MNIST, ``CONV_ALLOWED_DROP_PP`` (4 pp up to 50 %, 12 pp
+filters go too, on a dataset that does not declare itself easy (``difficulty`` in
+``squeezebench.data.DATASET_FACTS``; MNIST does), ``CONV_ALLOWED_DROP_PP`` (4 pp up to 50 %, 12 pp
 up to 75 %, 20 pp above) applied by the handler: LeNet-5's few filters are all it has on
 CIFAR-10 (the study lost 3.2 pp (dense) and 4.7 pp (dense+conv) on MNIST, 4.8 and 5.8 pp on
 CIFAR-10). Measured on LeNet-5, sprune50-conv after 4 epochs: at 0.2 x lr -0.14 pp (MNIST) and
 -1.8 pp (CIFAR-10); at 0.5 x lr (the default) -0.13 and -1.1 pp; at the full lr -3.1 and -2.4 pp.
 sprune75-conv on CIFAR-10 lost 13.9 pp after 2 epochs at 0.2 x lr and 9.2 pp after 4 at the full
 lr; pruning conv1 too cost 9 and 25 pp (hence conv1 stays). An explicit ``allowed_drop_pp``
-always wins.
+always wins, then the user's ``allowed-drop.structured``. Layers named in the user's
+``keep-layers`` are kept whole too.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from squeezebench.models import create_model
+from squeezebench.data import dataset_fact
+from squeezebench.models import create_model, model_entry
 from squeezebench import training
 from squeezebench.compression.base import ChainState, CompressionConfig, ConfigError, register_handler
 from squeezebench.compression.prune import _pct, finetune_config, keep_zeros, recipe_tag
@@ -46,27 +49,6 @@ _TOKEN = re.compile(r"^sprune(?P<pct>\d+(?:\.\d+)?)-(?P<layers>dense|conv)(?:-e(
 DEFAULT_EPOCHS = 4
 # Allowed drop when conv filters are removed, on datasets harder than MNIST: (max ratio, pp).
 CONV_ALLOWED_DROP_PP = ((0.5, 4.0), (0.75, 12.0), (1.0, 20.0))
-
-
-def _lenet300_widths(m: nn.Module) -> dict:
-    return {"h1": m.fc1.out_features, "h2": m.fc2.out_features}
-
-
-def _lenet5_widths(m: nn.Module) -> dict:
-    return {"c1": m.conv1.out_channels, "c2": m.conv2.out_channels,
-            "f1": m.fc1.out_features, "f2": m.fc2.out_features}
-
-
-def _mlp_student_widths(m: nn.Module) -> dict:
-    return {"hidden": m[1].out_features}
-
-
-# How to read a pruned module's widths back as the registry constructor's keyword arguments.
-WIDTHS: dict[str, Callable[[nn.Module], dict]] = {
-    "lenet300_100": _lenet300_widths,
-    "lenet5": _lenet5_widths,
-    "mlp_student": _mlp_student_widths,
-}
 
 
 @dataclass(frozen=True)
@@ -119,14 +101,19 @@ def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
     return {n: list(m.weight.shape) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
 
 
-def structural_prune(model: nn.Module, arch: dict, cfg: StructuredPruneConfig) -> tuple[nn.Module, dict]:
-    """A new registry-built model with ``cfg.ratio`` of the neurons/filters removed, and its arch."""
+def structural_prune(model: nn.Module, arch: dict, cfg: StructuredPruneConfig,
+                     keep_layers: list[str] | None = None) -> tuple[nn.Module, dict]:
+    """A new registry-built model with ``cfg.ratio`` of the neurons/filters removed, and its arch.
+    ``keep_layers``: module names kept whole besides the output layer and the first convolution
+    (the user's ``keep-layers``)."""
     import torch_pruning as tp
 
     name = arch["model"]
-    if name not in WIDTHS:
-        raise ConfigError(f"structured pruning knows how to rebuild {', '.join(WIDTHS)}, not {name!r}; "
-                          "add its width reader to squeezebench.compression.structured.WIDTHS")
+    widths = model_entry(name).widths
+    if widths is None:
+        raise ConfigError(f"structured pruning must rebuild {name!r} with fewer neurons/filters, but its "
+                          "definition declares no width reader: register it with "
+                          "@register_model(widths=lambda m: {<constructor kwarg>: <pruned width>, ...})")
     work = copy.deepcopy(model).float().eval()
     linears = [m for m in work.modules() if isinstance(m, nn.Linear)]
     convs = [m for m in work.modules() if isinstance(m, nn.Conv2d)]
@@ -135,11 +122,17 @@ def structural_prune(model: nn.Module, arch: dict, cfg: StructuredPruneConfig) -
     # The output layer keeps its classes; the first convolution keeps its filters (it sees the raw
     # image; the study's dense+conv pruning also left conv1 whole: Tables 6 and 10).
     ignored: list[nn.Module] = [linears[-1]] + (convs if cfg.layers == "dense" else convs[:1])
+    modules = dict(work.named_modules())
+    unknown = [n for n in keep_layers or [] if n not in modules]
+    if unknown:
+        raise ConfigError(f"keep-layers names {unknown} that {name} does not have; its layers: "
+                          + ", ".join(n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))))
+    ignored += [modules[n] for n in keep_layers or []]
     example = torch.zeros(1, *arch["in_shape"])
     pruner = tp.pruner.MagnitudePruner(work, example, importance=tp.importance.MagnitudeImportance(p=1),
                                        pruning_ratio=cfg.ratio, ignored_layers=ignored)
     pruner.step()
-    new_arch = {**arch, "kwargs": {**arch.get("kwargs", {}), **WIDTHS[name](work)}}
+    new_arch = {**arch, "kwargs": {**arch.get("kwargs", {}), **widths(work)}}
     rebuilt = create_model(name, tuple(new_arch["in_shape"]), new_arch["num_classes"], **new_arch["kwargs"])
     rebuilt.load_state_dict(work.state_dict(), strict=True)  # proves arch.json rebuilds it
     return rebuilt.to(next(model.parameters()).dtype).eval(), new_arch
@@ -150,7 +143,10 @@ def apply_structured_prune(cfg: StructuredPruneConfig, state: ChainState) -> Cha
     in_shape = tuple(state.arch["in_shape"])
     before = {"shapes": layer_shapes(state.model), "params": count_params(state.model),
               "macs": count_macs(state.model, in_shape), "kwargs": dict(state.arch.get("kwargs", {}))}
-    pruned, new_arch = structural_prune(state.model, state.arch, cfg)
+    keep = state.wb.config.fact("keep-layers", state.model_name, state.dataset_name)
+    if keep:
+        state.key = {**state.key, "keep_layers": list(keep)}
+    pruned, new_arch = structural_prune(state.model, state.arch, cfg, keep)
 
     def finetune(m: nn.Module) -> dict:
         if cfg.finetune_epochs == 0:
@@ -164,7 +160,8 @@ def apply_structured_prune(cfg: StructuredPruneConfig, state: ChainState) -> Cha
     model, meta = state.cached_model(tag, cfg, finetune, model=pruned, arch=new_arch,
                                      producers=("torch", "torch-pruning"))  # it chose the kept channels
     state.model, state.arch = model, new_arch
-    if cfg.allowed_drop_pp is None and cfg.layers == "dense+conv" and state.dataset_name != "mnist":
+    if cfg.allowed_drop_pp is None and cfg.layers == "dense+conv" \
+            and dataset_fact(state.dataset_name, "difficulty") != "easy":
         conv_drop = next(pp for r, pp in CONV_ALLOWED_DROP_PP if cfg.ratio <= r + 1e-9)
         state.allowed_drop_pp = max(state.allowed_drop_pp, conv_drop)
     state.facts["structured_prune"] = {

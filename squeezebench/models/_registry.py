@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +24,12 @@ class ModelEntry:
     # hash). Set by the other sources (squeezebench.models.sources): library version and name.
     fingerprint: str = ""
     source: str = "registry"  # registry | callable | torchvision | timm
+    # The model's own facts, beside its definition (a user's [tool.squeezebench] overrides them):
+    # training recipe per dataset (TrainConfig fields), top-1 floor per dataset, and how to read a
+    # structurally pruned instance's widths back as constructor keyword arguments.
+    recipes: dict = field(default_factory=dict)
+    floors: dict = field(default_factory=dict)
+    widths: Callable[[nn.Module], dict] | None = None
 
     @property
     def code_fingerprint(self) -> str:
@@ -32,13 +38,24 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+
+
+def sgd_one_cycle(lr: float, epochs: int, **kw) -> dict:
+    """Recipe fields for SGD + Nesterov + one-cycle: the fastest recipes we found to clear the
+    registry models' floors on 2 cores (measured numbers in README)."""
+    return {"epochs": epochs, "lr": lr, "batch_size": 128, "optimizer": "sgd", "momentum": 0.9, "nesterov": True,
+            "weight_decay": 5e-4, "schedule": "onecycle", "pct_start": 0.25, **kw}
 SPEC_FORMS = "package.module:callable, torchvision:<name>, timm:<name>"
 
 
 def register_model(
-    fn: Callable[..., nn.Module] | None = None, *, full_profile_only: bool = False
+    fn: Callable[..., nn.Module] | None = None, *, full_profile_only: bool = False,
+    recipes: dict[str, dict] | None = None, floors: dict[str, float] | None = None,
+    widths: Callable[[nn.Module], dict] | None = None,
 ):
-    """Register a constructor ``fn(in_shape, num_classes, **kwargs) -> nn.Module``."""
+    """Register a constructor ``fn(in_shape, num_classes, **kwargs) -> nn.Module``, with the
+    model's facts: ``recipes`` (dataset -> TrainConfig fields), ``floors`` (dataset -> top-1 %),
+    ``widths`` (pruned module -> constructor kwargs, for structured pruning)."""
 
     def deco(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = f.__name__
@@ -50,6 +67,7 @@ def register_model(
             source_file=Path(inspect.getsourcefile(f) or ""),
             description=(inspect.getdoc(f) or "").splitlines()[0] if f.__doc__ else "",
             full_profile_only=full_profile_only,
+            recipes=dict(recipes or {}), floors=dict(floors or {}), widths=widths,
         )
         return f
 

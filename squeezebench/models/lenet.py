@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from squeezebench.models._registry import InShape, register_model
+from squeezebench.models._registry import InShape, register_model, sgd_one_cycle
 
 
 class LeNet300100(nn.Module):
@@ -56,14 +56,23 @@ class LeNet5(nn.Module):
         return self.fc3(x)
 
 
-@register_model
+@register_model(
+    recipes={"mnist": sgd_one_cycle(0.1, 5), "cifar10": sgd_one_cycle(0.02, 3)},
+    floors={"mnist": 98.0, "cifar10": 50.0},
+    widths=lambda m: {"h1": m.fc1.out_features, "h2": m.fc2.out_features},
+)
 def lenet300_100(in_shape: InShape, num_classes: int, h1: int = 300, h2: int = 100) -> nn.Module:
     """LeNet-300-100: a 784-300-100-10 MLP (for MNIST; any input is flattened)."""
     c, h, w = in_shape
     return LeNet300100(c * h * w, num_classes, h1=h1, h2=h2)
 
 
-@register_model
+@register_model(
+    recipes={"mnist": sgd_one_cycle(0.1, 5, label_smoothing=0.1), "cifar10": sgd_one_cycle(0.05, 5)},
+    floors={"mnist": 98.9, "cifar10": 60.0},
+    widths=lambda m: {"c1": m.conv1.out_channels, "c2": m.conv2.out_channels,
+                      "f1": m.fc1.out_features, "f2": m.fc2.out_features},
+)
 def lenet5(
     in_shape: InShape, num_classes: int, c1: int = 6, c2: int = 16, f1: int = 120, f2: int = 84
 ) -> nn.Module:

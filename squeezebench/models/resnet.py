@@ -5,7 +5,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from squeezebench.models._registry import InShape, register_model
+from squeezebench.models._registry import InShape, register_model, sgd_one_cycle
 
 
 class BasicBlock(nn.Module):
@@ -51,7 +51,8 @@ class ResNetCifar(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-@register_model(full_profile_only=True)
+@register_model(full_profile_only=True,
+                recipes={"cifar10": sgd_one_cycle(0.1, 30, augment=True)}, floors={"cifar10": 80.0})
 def resnet20(in_shape: InShape, num_classes: int, width: int = 16) -> nn.Module:
     """ResNet-20 for 32x32 images (trained in the full profile only)."""
     return ResNetCifar(in_shape[0], num_classes, depth=20, width=width)

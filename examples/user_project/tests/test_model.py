@@ -1,0 +1,15 @@
+"""The project's own unit tests, beside squeezebench's plugin: its `models` package is its own."""
+import torch
+
+import models
+from models.cnn import small_cnn
+
+
+def test_shapes():
+    assert models.__name__ == "models" and "squeezebench" not in models.__file__
+    assert small_cnn((1, 28, 28), 10)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_the_plugin_is_loaded(pytestconfig):
+    assert pytestconfig.pluginmanager.has_plugin("squeezebench")
+    assert pytestconfig._squeezebench_profile.pairs == (("models.cnn:small_cnn", "mnist"),)
