@@ -127,9 +127,12 @@ def check_selection(config: pytest.Config, profile) -> None:
     known = {"models": {m for p in builtin for m, _ in p.pairs}, "datasets": {d for p in builtin for _, d in p.pairs},
              "variants": {v for p in builtin for v in p.variants}, "backends": {b for p in builtin for b in p.backends}}
     origin = _origins(config, profile)
-    models = [m for m in dict.fromkeys(m for m, _ in profile.pairs) if m not in known["models"]]
-    datasets = [d for d in dict.fromkeys(d for _, d in profile.pairs) if d not in known["datasets"]]
-    for m in models:
+    selected = {"models": [m for m, _ in profile.pairs], "datasets": [d for _, d in profile.pairs],
+                "variants": list(profile.variants), "backends": list(profile.backends)}
+    # The options' own values too: --sb-models narrows a profile's pairs and could drop a bad name.
+    todo = {kind: [n for n in dict.fromkeys([*(_csv(config.getoption(f"sb_{kind}")) or ()), *names])
+                   if n not in known[kind]] for kind, names in selected.items()}
+    for m in todo["models"]:
         from squeezebench.models import ModelSourceError, ModelUnavailable, resolve
 
         try:
@@ -140,21 +143,21 @@ def check_selection(config: pytest.Config, profile) -> None:
             raise pytest.UsageError(f"{origin['models']}: {e.args[0]}") from None
         except ModelSourceError as e:
             raise pytest.UsageError(f"{origin['models']}: {e}") from None
-    for d in datasets:
+    for d in todo["datasets"]:
         from squeezebench.data import DataError, check_dataset_spec
 
         try:
             check_dataset_spec(d)
         except DataError as e:
             raise pytest.UsageError(f"{origin['datasets']}: {e}") from None
-    for v in (v for v in profile.variants if v not in known["variants"]):
+    for v in todo["variants"]:
         from squeezebench.compression import parse_variant_id
 
         try:
             parse_variant_id(v)
         except ValueError as e:
             raise pytest.UsageError(f"{origin['variants']}: variant {v!r}: {e}") from None
-    for b in (b for b in profile.backends if b not in known["backends"]):
+    for b in todo["backends"]:
         from squeezebench.backends import list_backends
 
         if b not in list_backends():

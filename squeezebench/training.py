@@ -37,6 +37,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: bool = False  # random 4-px-padded crop + horizontal flip (natural images)
     seed: int = 0
+    # NHWC activations and weights while training: oneDNN's conv kernels run ~20 % faster that
+    # way on CPU (ResNet-20, 2 cores); the saved state_dict is the same layout-free tensors.
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -99,6 +102,8 @@ def fit(
     n = len(x_all)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = max(1, steps_per_epoch * cfg.epochs)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     opt = _optimizer(model, cfg)
     if cfg.schedule == "onecycle" and total >= 4:
         # OneCycleLR divides by the warm-up length: give it at least one step on tiny runs.
@@ -120,6 +125,8 @@ def fit(
             xb, yb = x_all[idx], y_all[idx]
             if cfg.augment:
                 xb = _augment(xb, gen)
+            if cfg.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             if loss_fn is None:
                 loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
             else:
@@ -138,6 +145,8 @@ def fit(
         if progress:
             progress(f"{label}: epoch {epoch + 1}/{cfg.epochs} loss {last_loss:.4f} "
                      f"({time.perf_counter() - t0:.0f}s)")
+    if cfg.channels_last:
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
     return {"epochs": cfg.epochs, "final_loss": last_loss, "epoch_losses": losses,
             "train_seconds": time.perf_counter() - t0}
