@@ -50,6 +50,10 @@ class ExportSpec:
     # their own way from it (None: the variant's model is that model).
     float_model: nn.Module | None = None
     quantization: QuantSpec | None = None
+    # An exported model file (ONNX: ``--sb-models onnx:<path>``) the runtimes' artifacts start
+    # from instead of a torch module: written by the exporters registered for files
+    # (``squeezebench.backends.base.register_file_exporter``); the variant then has no torch model.
+    source_file: Path | None = None
 
 
 @dataclass
@@ -59,7 +63,9 @@ class Variant:
     model_name: str
     dataset_name: str
     variant_id: str
-    model: nn.Module  # the torch module that defines the variant's function (eval mode)
+    # The torch module that defines the variant's function (eval mode); None for a variant of an
+    # exported file (``export.source_file``): every torch-only use is guarded by that.
+    model: nn.Module | None
     arch: dict  # enough to rebuild ``model``'s structure: model, in_shape, num_classes, kwargs, dtype
     key: dict  # content key parts: whatever the variant was built from
     chain: list[dict] = field(default_factory=list)
@@ -83,6 +89,11 @@ class Variant:
     @property
     def in_shape(self) -> tuple[int, int, int]:
         return tuple(self.arch["in_shape"])  # type: ignore[return-value]
+
+
+class VariantUnavailable(Exception):
+    """A variant its model cannot give (e.g. pruning an exported file, which has no torch module to
+    fine-tune): not an error, the benchmark skips with this message as the reason."""
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--sb-models", default=None,
                 help="comma list of models: registry names (lenet300_100, lenet5, mlp_student, resnet20), "
                      "package.module:callable (a function (in_shape, num_classes) -> nn.Module, or a "
-                     "zero-argument factory), torchvision:<name> (untrained, adapted to the dataset) or "
-                     "timm:<name> (needs timm). Default: the profile's")
+                     "zero-argument factory), torchvision:<name> (untrained, adapted to the dataset), "
+                     "timm:<name> (needs timm) or onnx:<path> (an exported model file, weights included: "
+                     "runtime-side variants fp32, fp16, int8-static, int8-dynamic on onnxruntime and openvino). "
+                     "Default: the profile's")
     g.addoption("--sb-datasets", default=None,
                 help="comma list of datasets: mnist, cifar10, folder:<path> for an image-folder "
                      "tree <path>/{train,test}/<class>/*, or package.module:callable returning "
@@ -179,6 +181,11 @@ def selected_checkpoints(config: pytest.Config, profile) -> dict[str, Path]:
             if model not in models:
                 raise pytest.UsageError(f"{where}: model {model!r} is not benchmarked in this run "
                                         f"({', '.join(models)}); name one of those, or add it with --sb-models")
+            from squeezebench.models.onnx_file import is_onnx_spec
+
+            if is_onnx_spec(model):
+                raise pytest.UsageError(f"{where}: {model} is an exported file that holds its own weights; "
+                                        "drop --sb-checkpoint for it (or export the model with the weights you want)")
             p = Path(path).expanduser()
             p = p if p.is_absolute() else base / p
             if not p.is_file():

@@ -58,6 +58,10 @@ def _layers(variant: Variant) -> dict | None:
     from squeezebench.metrics import nonzero_per_layer
 
     try:
+        if variant.model is None:  # an exported file: its Conv/Gemm/MatMul nodes
+            from squeezebench.exported import file_layers
+
+            return file_layers(variant)
         return nonzero_per_layer(variant.model)
     except Exception:  # a model whose layers hide their weights: the totals still stand
         return None
@@ -67,6 +71,8 @@ def parity_fields(backend: str, variant: Variant) -> dict:
     """The minimum agreement a record must reach, what it is measured against, and whether that is
     an independent check: torch-cpu running the same module as the reference only proves the
     artifact round-trips."""
+    if variant.export.source_file is not None:
+        return _file_parity_fields(backend, variant)
     quant = variant.facts.get("quantization")
     ref = quant.get("reference") if isinstance(quant, dict) else None
     dtype = str(variant.arch.get("dtype", "float32"))
@@ -82,6 +88,21 @@ def parity_fields(backend: str, variant: Variant) -> dict:
         check = f"cross-runtime: {backend} against torch"
     return {"parity_min": float(variant.facts.get("parity_min", DEFAULT_PARITY_MIN)),
             "parity_reference": reference, "parity_check": check}
+
+
+def _file_parity_fields(backend: str, variant: Variant) -> dict:
+    """A variant of an exported file has no torch module: its reference is the fp32 file run by
+    ONNX Runtime, so ONNX Runtime's fp32 record only round-trips the file."""
+    from squeezebench.exported import REFERENCE, REFERENCE_BACKEND
+
+    if backend != REFERENCE_BACKEND:
+        check = f"cross-runtime: {backend} against {REFERENCE_BACKEND}"
+    elif variant.variant_id == "fp32":
+        check = ROUND_TRIP
+    else:
+        check = f"same runtime, another model: {REFERENCE_BACKEND}'s {variant.variant_id} artifact against the fp32 file"
+    return {"parity_min": float(variant.facts.get("parity_min", DEFAULT_PARITY_MIN)),
+            "parity_reference": f"{REFERENCE}: {variant.export.source_file}", "parity_check": check}
 
 
 def invalid_reasons(info: dict) -> list[str]:

@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from squeezebench.models import model_entry
-from squeezebench import encoding
+from squeezebench.models import onnx_file
+from squeezebench import encoding, exported
 from squeezebench import checkpoints, training
 from squeezebench.backends import (
-    Artifact, Backend, BackendUnavailable, Exporter, Session, get_backend, get_exporter, support,
+    Artifact, Backend, BackendUnavailable, Exporter, Session, exporter_for, get_backend, support,
 )
 from squeezebench.backends.torch_backend import write_torch
 from squeezebench.cache import ArtifactCache
@@ -53,6 +54,27 @@ class CompressedExporter(Exporter):
 
 
 COMPRESSED = CompressedExporter()
+
+
+@produced_by("numpy", "onnx")  # the onnx package reads the initializers
+def _write_compressed_file(v: Variant, out: Path) -> str:
+    state = onnx_file.initializer_state(v.export.source_file, v.export.dtype)
+    (out / "model.sqz").write_bytes(encoding.encode_tensors(encoding.stored_tensors(state, v.qweights)))
+    return "model.sqz"
+
+
+class CompressedFileExporter(CompressedExporter):
+    """``model.sqz`` of a variant of an exported file: the same encoding of the file's initializers
+    (f16 for fp16; the int8 weights of ``qweights`` for int8) instead of a torch state_dict."""
+
+    def writer(self, v: Variant):
+        return _write_compressed_file
+
+    def code(self) -> tuple:
+        return (encoding, onnx_file)
+
+
+COMPRESSED_FILE = CompressedFileExporter()
 
 
 class Workbench:
@@ -189,13 +211,22 @@ class Workbench:
     def baseline(self, model_name: str, dataset_name: str) -> Variant:
         k = (model_name, dataset_name, "fp32")
         if k not in self._variants:
-            self._variants[k] = self.train(model_name, dataset_name)
+            if onnx_file.is_onnx_spec(model_name):  # an exported file: its weights, not trained
+                self._variants[k] = self._ask_backends(exported.file_baseline(self, model_name, dataset_name))
+            else:
+                self._variants[k] = self.train(model_name, dataset_name)
         return self._variants[k]
 
     def variant(self, model_name: str, dataset_name: str, variant_id: str) -> Variant:
-        """The variant named ``variant_id`` (``fp32`` is the trained baseline)."""
+        """The variant named ``variant_id`` (``fp32`` is the trained baseline). Of an exported file
+        (``onnx:<path>``), the runtime-side variants only: for any other,
+        :class:`~squeezebench.domain.VariantUnavailable` says why (its benchmarks skip)."""
         k = (model_name, dataset_name, variant_id)
         if k not in self._variants:
+            if onnx_file.is_onnx_spec(model_name):
+                v = exported.file_variant(self, model_name, dataset_name, variant_id)
+                self._variants[k] = v if v.variant_id == "fp32" else self._ask_backends(v)
+                return self._variants[k]
             if variant_id == "fp32":
                 return self.baseline(model_name, dataset_name)
             self._variants[k] = self._ask_backends(build_variant(self, model_name, dataset_name, variant_id))
@@ -211,7 +242,7 @@ class Workbench:
             v.facts["unsupported_backends"] = dict(v.unsupported)
         quant = v.facts.get("quantization")
         if v.export.quantization is not None and isinstance(quant, dict):
-            quant["tools"] = {fmt: tool for fmt in v.formats if (tool := get_exporter(fmt).tool(v))}
+            quant["tools"] = {fmt: tool for fmt in v.formats if (tool := exporter_for(v, fmt).tool(v))}
         return v
 
     # -- artifacts and sessions -------------------------------------------------------------
@@ -223,11 +254,11 @@ class Workbench:
         if k in self._artifacts:
             return self._artifacts[k]
         if fmt == COMPRESSED.format:
-            exporter: Exporter = COMPRESSED
+            exporter: Exporter = COMPRESSED if v.export.source_file is None else COMPRESSED_FILE
         elif fmt not in v.formats:
             raise ValueError(f"variant {v.variant_id} has no {fmt} artifact (it has {', '.join(v.formats)})")
         else:
-            exporter = get_exporter(fmt)
+            exporter = exporter_for(v, fmt)
         write = exporter.writer(v)
         key = {"variant": v.key, "format": fmt, "exporter": source_hash(*exporter.code()),
                "versions": producer_versions(producers_of(write, ()))}
@@ -254,12 +285,17 @@ class Workbench:
 
     # -- evaluation -------------------------------------------------------------------------
     def reference_logits(self, v: Variant) -> np.ndarray:
-        """Logits of the variant's own torch module, in-process: what every backend must agree with."""
+        """Logits of the variant's own torch module, in-process: what every backend must agree with.
+        A variant of an exported file has none: its reference is the fp32 file run by ONNX Runtime."""
         k = (v.model_name, v.dataset_name, v.variant_id)
         if k not in self._reference:
             data = self.dataset(v.dataset_name)
-            x = data.test_inputs().to(getattr(torch, v.arch["dtype"]))
-            self._reference[k] = training.predict_logits(v.model, x).double().numpy()
+            if v.model is None:
+                base = self.baseline(v.model_name, v.dataset_name)
+                self._reference[k] = self.session(base, exported.REFERENCE_BACKEND).predict(data.test_inputs())
+            else:
+                x = data.test_inputs().to(getattr(torch, v.arch["dtype"]))
+                self._reference[k] = training.predict_logits(v.model, x).double().numpy()
         return self._reference[k]
 
     def evaluate(self, v: Variant, backend_name: str) -> Evaluation:
@@ -280,10 +316,14 @@ class Workbench:
         return self._evals[k]
 
     def static_facts(self, v: Variant) -> dict:
-        params = count_params(v.model)
         packed = self.artifact(v, "compressed")
-        return {"params": params, "nonzero_params": count_nonzero(v.model),
-                "macs": count_macs(v.model, v.in_shape),
+        if v.model is None:  # an exported file: counted from its initializers and graph
+            counts = exported.file_facts(v)
+        else:
+            counts = {"params": count_params(v.model), "nonzero_params": count_nonzero(v.model),
+                      "macs": count_macs(v.model, v.in_shape)}
+        params = counts["params"]
+        return {**counts,
                 # Three labelled sizes per record: artifact_bytes (the backend's files, in the
                 # record), compressed_bytes (model.sqz, see squeezebench.encoding), nonzero_params.
                 "compressed_bytes": packed.nbytes,
@@ -299,6 +339,8 @@ def guardrail_floor(wb: Workbench, v: Variant) -> tuple[float, str]:
     if v.variant_id == "fp32" or "allowed_drop_pp" not in v.facts:
         f = floor_for(v.model_name, v.dataset_name, wb.config)
         return f, f"floor for {v.model_name} on {v.dataset_name}"
-    base = wb.evaluate(wb.baseline(v.model_name, v.dataset_name), "torch-cpu").top1
+    # The baseline's top-1 in torch, or for an exported file (no torch module) on ONNX Runtime.
+    through = "torch-cpu" if v.model is not None else exported.REFERENCE_BACKEND
+    base = wb.evaluate(wb.baseline(v.model_name, v.dataset_name), through).top1
     drop = float(v.facts["allowed_drop_pp"])
     return base - drop, f"fp32 baseline {base:.2f}% - allowed drop {drop:.2f} pp"

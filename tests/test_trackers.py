@@ -252,9 +252,15 @@ def test_rapl_wrap_without_range_is_unavailable(tmp_path):
 # -- memory and the window -------------------------------------------------------------------
 def test_memory_tracker_sees_peak_rss_growth():
     def work(_):
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, written, held while the sampler looks
+        # 64 MiB of fresh pages, written, held while the sampler looks. An anonymous mmap, not a
+        # numpy array: after a long test session malloc may hand back pages still resident.
+        import mmap
+
+        block = mmap.mmap(-1, 64 * 2**20)
+        for off in range(0, len(block), 4096):
+            block[off] = 1
         time.sleep(0.03)
-        del block
+        block.close()
 
     with MemoryTracker(interval_s=0.002) as m:
         work(None)

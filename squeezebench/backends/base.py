@@ -253,6 +253,9 @@ class Exporter(ABC):
 
 _BACKENDS: dict[str, type[Backend]] = {}
 _EXPORTERS: dict[str, Exporter] = {}
+# Exporters that write a format from an exported model file (``ExportSpec.source_file``) instead
+# of a torch module; a format without one cannot run such a variant.
+_FILE_EXPORTERS: dict[str, Exporter] = {}
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
@@ -263,6 +266,13 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
 def register_exporter(cls: type[Exporter]) -> type[Exporter]:
     """Register ``cls()`` as the writer of artifact format ``cls.format``."""
     _EXPORTERS[cls.format] = cls()
+    return cls
+
+
+def register_file_exporter(cls: type[Exporter]) -> type[Exporter]:
+    """Register ``cls()`` as the writer of format ``cls.format`` for the variants of an exported
+    model file (``ExportSpec.source_file``: ``--sb-models onnx:<path>``)."""
+    _FILE_EXPORTERS[cls.format] = cls()
     return cls
 
 
@@ -284,10 +294,34 @@ def get_exporter(fmt: str) -> Exporter:
         raise KeyError(f"no exporter for artifact format {fmt!r}; known: {', '.join(_EXPORTERS)}") from None
 
 
+def exporter_for(v: Variant, fmt: str) -> Exporter:
+    """The exporter that writes ``v``'s artifact in format ``fmt``: the format's exporter, or for a
+    variant of an exported file (``v.export.source_file``) the one registered for files."""
+    if v.export.source_file is None:
+        return get_exporter(fmt)
+    try:
+        return _FILE_EXPORTERS[fmt]
+    except KeyError:
+        raise KeyError(f"no exporter writes {fmt!r} from an exported file; formats written from a file: "
+                       f"{', '.join(_FILE_EXPORTERS)}") from None
+
+
+def _file_reason(v: Variant, backend: str, fmt: str) -> str | None:
+    """Why ``backend`` cannot run a variant of an exported file: its format is written from a
+    torch module only."""
+    if v.export.source_file is None or fmt in _FILE_EXPORTERS:
+        return None
+    runtimes = [name for name, cls in _BACKENDS.items() if cls.artifact_format in _FILE_EXPORTERS]
+    return (f"{v.model_name} is an exported file: no torch module to run on {backend}; runtime-side backends "
+            f"only ({', '.join(runtimes)})")
+
+
 def support(v: Variant) -> tuple[tuple[str, ...], dict[str, str]]:
     """What the registered backends say about ``v``: the formats at least one of them can run it
-    from (in registration order), and {backend: why it cannot} for the others."""
-    unsupported = {name: r for name, cls in _BACKENDS.items() if (r := cls.support_reason(v))}
+    from (in registration order), and {backend: why it cannot} for the others. A variant of an
+    exported file runs only where an exporter writes the backend's format from a file."""
+    unsupported = {name: r for name, cls in _BACKENDS.items()
+                   if (r := _file_reason(v, name, cls.artifact_format) or cls.support_reason(v))}
     formats = tuple(fmt for fmt in _EXPORTERS
                     if any(cls.artifact_format == fmt and name not in unsupported for name, cls in _BACKENDS.items()))
     return formats, unsupported

@@ -259,12 +259,12 @@ class OnnxRuntimeCPU(Backend):
 # int8 recipe gives one operand 7 bits (see squeezebench.torch_int8), here ``reduce_range=True``:
 # 7-bit weights. Measured on LeNet-300-100/MNIST without VNNI: static int8 agreed with fp32 on
 # 99.51% of images with 8+8 bits and on 99.92% with reduce_range.
-def _calibration_reader(x: torch.Tensor, batch: int = 64):
+def _calibration_reader(x: torch.Tensor, input_name: str = "input", batch: int = 64):
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self._it = iter([{"input": x[i:i + batch].numpy()} for i in range(0, len(x), batch)])
+            self._it = iter([{input_name: x[i:i + batch].numpy()} for i in range(0, len(x), batch)])
 
         def get_next(self):
             return next(self._it, None)
@@ -272,13 +272,38 @@ def _calibration_reader(x: torch.Tensor, batch: int = 64):
     return Reader()
 
 
-def _preprocessed_fp32_onnx(model: nn.Module, in_shape, work: Path) -> Path:
-    """fp32 ONNX, then ORT's quantization pre-processing (shape inference + graph cleanup)."""
+def preprocessed(src: Path, work: Path) -> Path:
+    """ORT's quantization pre-processing of an fp32 ONNX file (shape inference + graph cleanup)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    onnx_export.write_onnx(model, in_shape, work)
-    quant_pre_process(str(work / "model.onnx"), str(work / "pre.onnx"), skip_symbolic_shape=True)
+    quant_pre_process(str(src), str(work / "pre.onnx"), skip_symbolic_shape=True)
     return work / "pre.onnx"
+
+
+def _preprocessed_fp32_onnx(model: nn.Module, in_shape, work: Path) -> Path:
+    """fp32 ONNX export of ``model``, pre-processed for quantization."""
+    return preprocessed(work / onnx_export.write_onnx(model, in_shape, work), work)
+
+
+def quantize_static_file(pre: Path, out_file: Path, calibration: torch.Tensor, per_channel: bool,
+                         input_name: str = "input") -> None:
+    """The one static int8 recipe of ONNX Runtime here: QDQ, MinMax ranges on the calibration
+    images, u8 activations and s8 weights with reduce_range (7-bit weights: u8 x s8 pair sums
+    saturate int16 on CPUs without VNNI, see squeezebench.torch_int8)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(str(pre), str(out_file), _calibration_reader(calibration, input_name),
+                    quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+
+
+def quantize_dynamic_file(pre: Path, out_file: Path, per_channel: bool) -> None:
+    """The one dynamic int8 recipe: MatMulInteger/ConvInteger, 7-bit weights (reduce_range)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(pre), str(out_file), per_channel=per_channel, reduce_range=True,
+                     weight_type=QuantType.QInt8)
 
 
 @produced_by("torch", "onnx")  # torch.onnx exports, the onnx package serialises
@@ -288,26 +313,18 @@ def _write_plain(v: Variant, out: Path) -> str:
 
 @produced_by("torch", "onnx", "onnxruntime")
 def _write_static(v: Variant, out: Path) -> str:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     q = v.export.quantization
     with tempfile.TemporaryDirectory() as work:
         pre = _preprocessed_fp32_onnx(onnx_export.float_model(v), v.in_shape, Path(work))
-        quantize_static(str(pre), str(out / "model.onnx"), _calibration_reader(q.calibration),
-                        quant_format=QuantFormat.QDQ, per_channel=q.per_channel, reduce_range=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        quantize_static_file(pre, out / "model.onnx", q.calibration, q.per_channel)
     return "model.onnx"
 
 
 @produced_by("torch", "onnx", "onnxruntime")
 def _write_dynamic(v: Variant, out: Path) -> str:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     with tempfile.TemporaryDirectory() as work:
         pre = _preprocessed_fp32_onnx(onnx_export.float_model(v), v.in_shape, Path(work))
-        quantize_dynamic(str(pre), str(out / "model.onnx"), per_channel=v.export.quantization.per_channel,
-                         reduce_range=True, weight_type=QuantType.QInt8)
+        quantize_dynamic_file(pre, out / "model.onnx", v.export.quantization.per_channel)
     return "model.onnx"
 
 

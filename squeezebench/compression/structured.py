@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -13,6 +13,14 @@ from squeezebench.keys import source_hash
 InShape = tuple[int, int, int]  # (channels, height, width)
 
 
+class ModelSourceError(ValueError):
+    """A model spec that cannot be resolved or built; the message names the source and the fix."""
+
+
+class ModelUnavailable(ModelSourceError):
+    """The library a model spec needs is not installed: its benchmarks skip with this reason."""
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
@@ -23,7 +31,7 @@ class ModelEntry:
     # What the model's code is, for cache keys; empty for registry models (their source file's
     # hash). Set by the other sources (squeezebench.models.sources): library version and name.
     fingerprint: str = ""
-    source: str = "registry"  # registry | callable | torchvision | timm
+    source: str = "registry"  # registry | callable | torchvision | timm | onnx
     # The model's own facts, beside its definition (a user's [tool.squeezebench] overrides them):
     # training recipe per dataset (TrainConfig fields), top-1 floor per dataset, and how to read a
     # structurally pruned instance's widths back as constructor keyword arguments.
@@ -45,7 +53,7 @@ def sgd_one_cycle(lr: float, epochs: int, **kw) -> dict:
     registry models' floors on 2 cores (measured numbers in README)."""
     return {"epochs": epochs, "lr": lr, "batch_size": 128, "optimizer": "sgd", "momentum": 0.9, "nesterov": True,
             "weight_decay": 5e-4, "schedule": "onecycle", "pct_start": 0.25, **kw}
-SPEC_FORMS = "package.module:callable, torchvision:<name>, timm:<name>"
+SPEC_FORMS = "package.module:callable, torchvision:<name>, timm:<name>, onnx:<path>"
 
 
 def register_model(

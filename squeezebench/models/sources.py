@@ -8,7 +8,9 @@
   torchvision.models)``), untrained (no pretrained weights), adapted to the dataset by
   :func:`adapt_torchvision`;
 * ``timm:<name>``: ``timm.create_model(name, pretrained=False, num_classes=..., in_chans=...)``
-  when timm is installed (:class:`ModelUnavailable` otherwise: the benchmark skips with the reason).
+  when timm is installed (:class:`ModelUnavailable` otherwise: the benchmark skips with the reason);
+* ``onnx:<path>``: an exported ONNX file, checked when resolved (:mod:`squeezebench.models.onnx_file`):
+  no torch module, so only runtime-side variants on the runtimes that load ONNX.
 
 :func:`resolve` turns a spec into a :class:`ModelEntry`, so ``create_model(spec, ...)``,
 ``model_entry(spec).source_file`` and ``.code_fingerprint`` (part of every cache key) work for
@@ -31,20 +33,15 @@ import torch
 from torch import nn
 
 from squeezebench.keys import library_version, source_hash
-from squeezebench.models._registry import SPEC_FORMS, InShape, ModelEntry, check_shape, list_models
+from squeezebench.models._registry import (
+    SPEC_FORMS, InShape, ModelEntry, ModelSourceError, ModelUnavailable, check_shape, list_models,
+)
 from squeezebench.models._registry import model_entry as registry_entry
+from squeezebench.models.onnx_file import is_onnx_spec, onnx_entry
 from squeezebench.userspec import SpecError, import_callable, is_callable_spec, oneline
 
 # Images at most this many pixels high or wide get a small-image stem (see adapt_torchvision).
 SMALL_IMAGE = 64
-
-
-class ModelSourceError(ValueError):
-    """A model spec that cannot be resolved or built; the message names the source and the fix."""
-
-
-class ModelUnavailable(ModelSourceError):
-    """The library a model spec needs is not installed: its benchmarks skip with this reason."""
 
 
 _RESOLVED: dict[str, ModelEntry] = {}
@@ -58,7 +55,9 @@ def resolve(spec: str) -> ModelEntry:
         return registry_entry(spec)
     if spec not in _RESOLVED:
         prefix, _, name = spec.partition(":")
-        if prefix == "torchvision":
+        if is_onnx_spec(spec):  # before the callable form, which ``onnx:model.onnx`` also matches
+            entry = onnx_entry(spec)
+        elif prefix == "torchvision":
             entry = _torchvision_entry(spec, name)
         elif prefix == "timm":
             entry = _timm_entry(spec, name)
