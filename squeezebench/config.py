@@ -55,6 +55,7 @@ FACT_KEYS = {  # per model / dataset / pair: key -> (python type(s), what it is)
 }
 PROFILE_KEYS = {
     "models": (list, "model specs"), "datasets": (list, "dataset names or specs"),
+    "pairs": (list, "[model, dataset] pairs, besides every model on every dataset"),
     "variants": (list, "variant ids"), "backends": (list, "backend names"), "batches": (list, "batch sizes"),
 }
 TOP_KEYS = {"profile", "profiles", "models", "datasets", "pairs"}
@@ -150,6 +151,12 @@ def _check_profile(where: str, table: Any, source: str) -> dict[str, list]:
         if not isinstance(value, list) or not value:
             raise ConfigFileError(f"{source}: {where}.{key} must be a non-empty list of {PROFILE_KEYS[key][1]}, "
                                   f"got {value!r}")
+        if key == "pairs":
+            bad = [v for v in value if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v))]
+            if bad:
+                raise ConfigFileError(f"{source}: {where}.pairs must hold [model, dataset] pairs; bad: {bad!r}")
+            out[key] = [list(v) for v in value]
+            continue
         kind = int if key == "batches" else str
         bad = [v for v in value if isinstance(v, bool) or not isinstance(v, kind) or (kind is int and v < 1)]
         if bad:
@@ -157,8 +164,9 @@ def _check_profile(where: str, table: Any, source: str) -> dict[str, list]:
                                   f"{'positive integers' if kind is int else 'strings'}; bad: {bad!r}")
         out[key] = list(value)
     missing = {"models", "datasets"} - set(out)
-    if missing:
-        raise ConfigFileError(f"{source}: {where} needs {' and '.join(sorted(missing))}")
+    if missing and ("pairs" not in out or len(missing) == 1):
+        raise ConfigFileError(f"{source}: {where} needs {' and '.join(sorted(missing))}"
+                              + ("" if "pairs" in out else " (or pairs)"))
     return out
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 LENET300, LENET5 = "lenet300_100", "lenet5"
 MNIST, CIFAR10 = "mnist", "cifar10"
+STUDY_PAIRS = tuple((m, d) for d in (MNIST, CIFAR10) for m in (LENET300, LENET5))
 
 SIZE = ("artifact_bytes", "compressed_bytes", "nonzero_params", "params")
 ACCURACY = ("top1",)

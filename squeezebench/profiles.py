@@ -61,7 +61,6 @@ class Profile:
                        backends=tuple(backends or self.backends), batches=tuple(batches or self.batches))
 
 
-LENETS = ("lenet300_100", "lenet5")
 PROFILES: dict[str, Profile] = {}
 
 
@@ -70,43 +69,28 @@ def register_profile(p: Profile) -> Profile:
     return p
 
 
-register_profile(Profile(
-    "quick", "CI gate: both LeNets on MNIST; fp32, int8-static, prune90+int8-static, kd-t4; every "
-             "backend; batch 1 and 256",
-    pairs=tuple((m, "mnist") for m in LENETS),
-    variants=("fp32", "int8-static", "prune90+int8-static", "kd-t4"),
-))
-register_profile(Profile(
-    "default", "make bench: both LeNets on MNIST and CIFAR-10, fp32, every backend, batch 1 and 256",
-    pairs=tuple((m, d) for d in ("mnist", "cifar10") for m in LENETS),
-))
-register_profile(Profile(
-    "full", "default plus ResNet-20 on CIFAR-10 and batches 1, 64, 256, 1024",
-    pairs=tuple((m, d) for d in ("mnist", "cifar10") for m in LENETS) + (("resnet20", "cifar10"),),
-    batches=(1, 64, 256, 1024),
-))
-
-
 def _paper_profile() -> Profile:
-    from squeezebench.paper import paper_variants
+    """The seed study's matrix (squeezebench.paper: the study's data, tables and rows)."""
+    from squeezebench.paper import STUDY_PAIRS, paper_variants
 
     variants, pairs = paper_variants()
-    all_pairs = tuple((m, d) for d in ("mnist", "cifar10") for m in LENETS)
     return Profile(
         "paper",
         "the study's Tables 1-18 (and its temperature figure, future-work chains and compact-size "
-        "target) on our hardware: both LeNets on MNIST and CIFAR-10, torch-cpu and onnxruntime, batch 1 "
+        "target) on our hardware: its two models on its two datasets, torch-cpu and onnxruntime, batch 1 "
         "and 256; rows per table in squeezebench.paper.PAPER_TABLES / EXTRAS (296 records). Measured on "
         "2 cores: 34 min cold, 13 min warm; --sb-backends torch-cpu,onnxruntime,openvino adds OpenVINO "
         "(not timed)",
-        pairs=all_pairs,
+        pairs=STUDY_PAIRS,
         variants=variants,
         backends=("torch-cpu", "onnxruntime"),
         batches=(1, 256),
-        variant_pairs={v: ps for v, ps in pairs.items() if set(ps) != set(all_pairs)},
+        variant_pairs={v: ps for v, ps in pairs.items() if set(ps) != set(STUDY_PAIRS)},
     )
 
 
+# The one built-in profile: the seed study, whose tables `squeezebench paper` renders. Other
+# profiles come from the user's [tool.squeezebench.profiles] (this repo's are in its pyproject).
 register_profile(_paper_profile())
 
 
@@ -120,12 +104,14 @@ def get_profile(name: str, extra: tuple[str, ...] = ()) -> Profile:
 
 def profile_from_config(name: str, table: dict, source: str) -> Profile:
     """A profile from a ``[tool.squeezebench.profiles.NAME]`` table (validated by
-    squeezebench.config): every model on every dataset, with the given (or default) variants,
-    backends and batches."""
-    models, datasets = tuple(table["models"]), tuple(table["datasets"])
+    squeezebench.config): every model on every dataset, plus the listed ``pairs``, with the
+    given (or default) variants, backends and batches."""
+    models, datasets = tuple(table.get("models", ())), tuple(table.get("datasets", ()))
+    pairs = tuple((m, d) for d in datasets for m in models)
+    pairs += tuple(p for p in (tuple(x) for x in table.get("pairs", ())) if p not in pairs)
     return Profile(
-        name, f"from {source}: {', '.join(models)} on {', '.join(datasets)}",
-        pairs=tuple((m, d) for d in datasets for m in models),
+        name, f"from {source}: " + ", ".join(f"{m} on {d}" for m, d in pairs),
+        pairs=pairs,
         variants=tuple(table.get("variants", ("fp32",))),
         backends=tuple(table.get("backends", ALL_BACKENDS)),
         batches=tuple(table.get("batches", (1, 256))),

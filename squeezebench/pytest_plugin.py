@@ -16,6 +16,8 @@ ENV_PROFILE = "SQUEEZEBENCH_PROFILE"
 DEFAULT_MIN_TIME = 1.0
 MIN_ROUNDS = 5
 DEFAULT_ENERGY_WINDOW = 1.0
+NO_PROFILE = ("squeezebench: nothing to benchmark: name a profile (--sb-profile, $SQUEEZEBENCH_PROFILE, or "
+              "`profile` in [tool.squeezebench]) or give --sb-models and --sb-datasets")
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
@@ -25,7 +27,9 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("squeezebench", "squeezebench (compressed-model benchmarks)")
     g.addoption("--sb-profile", default=None,
-                help=f"benchmark profile: {', '.join(PROFILES)} (env {ENV_PROFILE}). Default: default")
+                help=f"benchmark profile: one of the config file's [tool.squeezebench.profiles], or the built-in "
+                     f"{', '.join(PROFILES)} (env {ENV_PROFILE}). Default: the config's `profile`; without one, "
+                     "--sb-models x --sb-datasets")
     g.addoption("--sb-config", default=None,
                 help="settings file: a pyproject.toml with a [tool.squeezebench] table, or a TOML file with "
                      "those keys at its top level (recipes, floors, allowed drops, layers to keep, "
@@ -83,14 +87,24 @@ def load_user_config(config: pytest.Config):
 
 def selected_profile(config: pytest.Config, user=None):
     """The profile named by --sb-profile, else $SQUEEZEBENCH_PROFILE, else the config's
-    ``profile``, else ``default``; a profile of the config file wins over a built-in one of the
-    same name; then the --sb-* options narrow or change it."""
-    from squeezebench.profiles import profile_from_config
+    ``profile``; a profile of the config file wins over a built-in one of the same name; then the
+    --sb-* options narrow or change it. With no profile named, --sb-models and --sb-datasets
+    make one (every model on every dataset; fp32, every backend, batch 1 and 256 unless the
+    other options say otherwise); without them there is nothing to benchmark: None."""
+    from squeezebench.profiles import Profile, profile_from_config
 
     name = (config.getoption("sb_profile") or os.environ.get(ENV_PROFILE)
-            or (user.default_profile if user else None) or "default")
+            or (user.default_profile if user else None))
+    if name is None:
+        models, datasets = _csv(config.getoption("sb_models")), _csv(config.getoption("sb_datasets"))
+        if not (models and datasets):
+            return None
+        profile = Profile("options", "from --sb-models and --sb-datasets",
+                          pairs=tuple((m, d) for d in datasets for m in models))
     try:
-        if user is not None and name in user.profiles:
+        if name is None:
+            pass
+        elif user is not None and name in user.profiles:
             profile = profile_from_config(name, user.profiles[name], user.source)
         else:
             profile = get_profile(name, extra=tuple(user.profiles) if user else ())
@@ -122,7 +136,7 @@ def _origins(config: pytest.Config, profile) -> dict[str, str]:
 def check_selection(config: pytest.Config, profile) -> None:
     """Every name the run selects (from the options, or from a profile of a config file), checked
     once before any work: a bad one is one ``pytest.UsageError`` line naming the value, where it
-    came from and the fix (exit code 4). Names of the built-in profiles are known good."""
+    came from and the fix (exit code 4). Names of the built-in (study) profile are known good."""
     from squeezebench.profiles import PROFILES
 
     builtin = [p for p in PROFILES.values()]
@@ -209,15 +223,21 @@ def pytest_configure(config: pytest.Config) -> None:
     user = load_user_config(config)
     config._squeezebench_config = user  # type: ignore[attr-defined]
     profile = selected_profile(config, user)
-    check_selection(config, profile)
+    if profile is not None:
+        check_selection(config, profile)
     config._squeezebench_profile = profile  # type: ignore[attr-defined]
-    config._squeezebench_checkpoints = selected_checkpoints(config, profile)  # type: ignore[attr-defined]
+    config._squeezebench_checkpoints = (  # type: ignore[attr-defined]
+        selected_checkpoints(config, profile) if profile is not None else {})
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" not in metafunc.fixturenames:
         return
     profile = metafunc.config._squeezebench_profile  # type: ignore[attr-defined]
+    if profile is None:
+        metafunc.parametrize("case", [pytest.param(None, id="no-profile", marks=pytest.mark.skip(reason=NO_PROFILE))],
+                             scope="session")
+        return
     cases: list[Case] = profile.cases()
     params = [
         pytest.param(c, id=c.id, marks=[pytest.mark.gpu] if c.backend == "torch-cuda" else [])
@@ -255,7 +275,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["squeezebench"] = {
         **machine_facts(),
         "threads": config.getoption("sb_threads") or available_cores(),
-        "profile": profile.name,
+        "profile": profile.name if profile is not None else None,
     }
 
 

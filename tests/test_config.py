@@ -172,3 +172,14 @@ def test_keep_layers_and_width_readers(tmp_path):
             wb.variant("no_widths_mlp", "tiny", "sprune50-dense-e1")
     finally:
         _REGISTRY.pop("no_widths_mlp")
+
+
+def test_no_profile_anywhere_skips_with_the_reason_or_uses_the_options(pytester):
+    pytester.makepyfile(test_x="def test_variant(case):\n    pass\n")
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
+    r.assert_outcomes(skipped=1)
+    assert "nothing to benchmark: name a profile" in r.stdout.str()
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q",
+                                      "--sb-models", "lenet5", "--sb-datasets", "mnist", "--sb-backends", "onnxruntime")
+    out = r.stdout.str()
+    assert "test_variant[lenet5-mnist-fp32-onnxruntime-b1]" in out and "test_variant[lenet5-mnist-fp32-onnxruntime-b256]" in out

@@ -3,7 +3,8 @@ import pytest
 
 from squeezebench.compression import ConfigError, parse_variant_id
 from squeezebench.paper import EXTRAS, PAPER_TABLES, paper_variants
-from squeezebench.profiles import LENETS, get_profile
+from squeezebench.paper import STUDY_PAIRS
+from squeezebench.profiles import get_profile
 
 
 def test_every_study_table_is_mapped():
@@ -14,7 +15,7 @@ def test_every_study_table_is_mapped():
 
 def test_paper_profile_runs_exactly_the_tables_rows():
     p = get_profile("paper")
-    assert set(p.pairs) == {(m, d) for m in LENETS for d in ("mnist", "cifar10")}
+    assert set(p.pairs) == set(STUDY_PAIRS) == {(m, d) for m in ("lenet300_100", "lenet5") for d in ("mnist", "cifar10")}
     assert "torch-cuda" not in p.backends and p.batches == (1, 256)
     cases = {(c.model, c.dataset, c.variant) for c in p.cases()}
     needed = {r for t in (*PAPER_TABLES.values(), *EXTRAS.values()) for r in t.rows()}
@@ -38,6 +39,13 @@ def test_every_paper_variant_parses():
 
 
 def test_paper_profile_leaves_the_others_alone():
+    """This repo's other profiles (its pyproject.toml) stay small: none runs the paper matrix."""
+    from pathlib import Path
+
+    from squeezebench.config import load_config
+
+    user = load_config(rootdir=Path(__file__).resolve().parents[1])
+    assert {"quick", "default", "full"} <= set(user.profiles)
     paper_only = set(get_profile("paper").variants) - {"fp32", "int8-static", "kd-t4", "prune90+int8-static"}
     for name in ("quick", "default"):
-        assert not paper_only & set(get_profile(name).variants)
+        assert not paper_only & set(user.profiles[name]["variants"])
