@@ -163,23 +163,47 @@ def test_keep_layers_and_width_readers(tmp_path):
     from torch import nn
 
     @register_model
-    def no_widths_mlp(in_shape, num_classes):
+    def no_widths_cnn(in_shape, num_classes):
         c, h, w = in_shape
-        return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 8), nn.ReLU(), nn.Linear(8, num_classes))
+        return nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(16 * h * w, 32), nn.ReLU(), nn.Linear(32, num_classes))
 
+    class HardCoded(nn.Module):
+        def __init__(self, in_shape, num_classes):
+            super().__init__()
+            c, h, w = in_shape
+            self.conv = nn.Conv2d(c, 8, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8 * h * w, num_classes)
+            self.n = 8 * h * w
+
+        def forward(self, x):
+            return self.fc(self.conv2(self.conv(x)).reshape(-1, self.n))
+
+    register_model(lambda in_shape, num_classes: HardCoded(in_shape, num_classes))  # registers "<lambda>"
     try:
-        with pytest.raises(ConfigError, match=r"declares no width reader.*register_model\(widths="):
-            wb.variant("no_widths_mlp", "tiny", "sprune50-dense-e1")
+        # No width reader: the resized layers' sizes go into the arch and rebuild any model.
+        v = wb.variant("no_widths_cnn", "tiny", "sprune50-conv-e1")
+        # conv1 (and its BatchNorm) kept whole; conv2 and the hidden Linear halved, the output
+        # layer's input with them.
+        assert v.arch["shapes"] == {"3": {"in": 8, "out": 8, "groups": 1}, "6": {"in": 8 * 16 * 16, "out": 16},
+                                    "8": {"in": 16, "out": 4}}, v.arch["shapes"]
+        ev = wb.evaluate(v, "torch-cpu")  # the torch artifact reloads through arch.json
+        assert ev.parity_agreement == 1.0
+        with pytest.raises(ConfigError, match=r"could not be rebuilt.*hard-code a size.*register_model\(widths="):
+            wb.variant("<lambda>", "tiny", "sprune50-conv-e1")
     finally:
-        _REGISTRY.pop("no_widths_mlp")
+        _REGISTRY.pop("no_widths_cnn")
+        _REGISTRY.pop("<lambda>")
 
 
-def test_no_profile_anywhere_skips_with_the_reason_or_uses_the_options(pytester):
-    pytester.makepyfile(test_x="def test_variant(case):\n    pass\n")
-    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
-    r.assert_outcomes(skipped=1)
-    assert "nothing to benchmark: name a profile" in r.stdout.str()
-    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q",
-                                      "--sb-models", "lenet5", "--sb-datasets", "mnist", "--sb-backends", "onnxruntime")
-    out = r.stdout.str()
-    assert "test_variant[lenet5-mnist-fp32-onnxruntime-b1]" in out and "test_variant[lenet5-mnist-fp32-onnxruntime-b256]" in out
+def test_structured_pruning_of_a_resnet_without_a_width_reader(tiny_workbench):
+    """ResNet-20 declares no widths: torch-pruning keeps residual channels coupled, and the
+    resized layers rebuild it from arch.json."""
+    v = tiny_workbench.variant("resnet20", "tiny", "sprune50-conv-e1")
+    base = tiny_workbench.baseline("resnet20", "tiny")
+    assert v.facts["structured_prune"]["after"]["params"] < 0.6 * v.facts["structured_prune"]["before"]["params"]
+    assert v.arch["shapes"] and v.arch.get("kwargs") == base.arch.get("kwargs")
+    assert tiny_workbench.evaluate(v, "torch-cpu").parity_agreement == 1.0
+    assert tiny_workbench.evaluate(v, "onnxruntime").parity_agreement >= 0.99

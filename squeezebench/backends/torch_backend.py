@@ -25,10 +25,10 @@ TORCH_CUDA_NO_INT8 = ("torch's int8 kernels (quantized engine x86/fbgemm/oneDNN)
 
 
 def load_torch_model(artifact: Artifact) -> torch.nn.Module:
-    from squeezebench.models import create_model
+    from squeezebench.models import model_from_arch
 
     arch = json.loads((artifact.main.parent / "arch.json").read_text())
-    model = create_model(arch["model"], tuple(arch["in_shape"]), arch["num_classes"], **arch.get("kwargs", {}))
+    model = model_from_arch(arch)
     with warnings.catch_warnings():
         if "quant" in arch:  # torch's own unpickling of quantized tensors uses the deprecated TypedStorage
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated")

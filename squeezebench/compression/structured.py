@@ -6,7 +6,9 @@ DependencyGraph shrinks every layer that consumes a pruned output, flatten inclu
 output layer and the first convolution are never pruned (as in the study, whose dense+conv
 LeNet-5 kept all of conv1 and a quarter/half of conv2's filters). The pruned module is rebuilt from the registry with the new
 widths (``state.arch["kwargs"]``, read back by the width reader the model's definition declares:
-``@register_model(widths=...)``), so the torch artifact (state_dict + arch.json) loads through ``create_model``,
+``@register_model(widths=...)``) or, for any other model (user callables, torchvision, ResNets),
+from the resized layers' sizes (``state.arch["shapes"]``, :mod:`squeezebench.models.reshape`),
+so the torch artifact (state_dict + arch.json) loads through ``create_model``,
 then fine-tuned.
 
 Token grammar: ``sprune<percent>-dense`` (Linear neurons only) or ``sprune<percent>-conv``
@@ -38,7 +40,7 @@ import torch
 from torch import nn
 
 from squeezebench.data import dataset_fact
-from squeezebench.models import create_model, model_entry
+from squeezebench.models import changed_shapes, create_model, model_entry, model_from_arch
 from squeezebench import training
 from squeezebench.compression.base import ChainState, CompressionConfig, ConfigError, register_handler
 from squeezebench.compression.prune import _pct, finetune_config, keep_zeros, recipe_tag
@@ -109,10 +111,6 @@ def structural_prune(model: nn.Module, arch: dict, cfg: StructuredPruneConfig,
 
     name = arch["model"]
     widths = model_entry(name).widths
-    if widths is None:
-        raise ConfigError(f"structured pruning must rebuild {name!r} with fewer neurons/filters, but its "
-                          "definition declares no width reader: register it with "
-                          "@register_model(widths=lambda m: {<constructor kwarg>: <pruned width>, ...})")
     work = copy.deepcopy(model).float().eval()
     linears = [m for m in work.modules() if isinstance(m, nn.Linear)]
     convs = [m for m in work.modules() if isinstance(m, nn.Conv2d)]
@@ -131,9 +129,19 @@ def structural_prune(model: nn.Module, arch: dict, cfg: StructuredPruneConfig,
     pruner = tp.pruner.MagnitudePruner(work, example, importance=tp.importance.MagnitudeImportance(p=1),
                                        pruning_ratio=cfg.ratio, ignored_layers=ignored)
     pruner.step()
-    new_arch = {**arch, "kwargs": {**arch.get("kwargs", {}), **widths(work)}}
-    rebuilt = create_model(name, tuple(new_arch["in_shape"]), new_arch["num_classes"], **new_arch["kwargs"])
-    rebuilt.load_state_dict(work.state_dict(), strict=True)  # proves arch.json rebuilds it
+    if widths is not None:  # the model's own constructor arguments (its definition says how)
+        new_arch = {**arch, "kwargs": {**arch.get("kwargs", {}), **widths(work)}}
+    else:  # any other model: the resized layers' sizes (squeezebench.models.reshape)
+        fresh = create_model(name, tuple(arch["in_shape"]), arch["num_classes"], **arch.get("kwargs", {}))
+        new_arch = {**arch, "shapes": changed_shapes(work, fresh)}
+    rebuilt = model_from_arch(new_arch)
+    try:
+        rebuilt.load_state_dict(work.state_dict(), strict=True)  # proves arch.json rebuilds it
+        rebuilt.eval()(example)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"{name} could not be rebuilt with its pruned layer sizes ({str(e).splitlines()[0]}); "
+                          "its forward may hard-code a size: declare how to rebuild it with "
+                          "@register_model(widths=lambda m: {<constructor kwarg>: <pruned width>, ...})") from None
     return rebuilt.to(next(model.parameters()).dtype).eval(), new_arch
 
 

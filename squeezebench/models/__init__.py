@@ -8,8 +8,18 @@ from squeezebench.models.sources import (
     ModelSourceError, ModelUnavailable, create_model, model_entry, resolve,
 )
 
+from squeezebench.models.reshape import apply_shapes, changed_shapes
+
+
+def model_from_arch(arch: dict):
+    """The module an artifact's ``arch.json`` describes: built from its spec and constructor
+    arguments, then the layers a structured pruning resized (``arch["shapes"]``) resized."""
+    model = create_model(arch["model"], tuple(arch["in_shape"]), arch["num_classes"], **arch.get("kwargs", {}))
+    return apply_shapes(model, arch.get("shapes") or {})
+
+
 # Importing the families registers them.
 from squeezebench.models import lenet, mlp, resnet  # noqa: E402,F401
 
-__all__ = ["InShape", "ModelEntry", "ModelSourceError", "ModelUnavailable", "create_model", "list_models",
-           "model_entry", "register_model", "resolve"]
+__all__ = ["InShape", "ModelEntry", "ModelSourceError", "ModelUnavailable", "apply_shapes", "changed_shapes",
+           "create_model", "list_models", "model_entry", "model_from_arch", "register_model", "resolve"]
