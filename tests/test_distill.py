@@ -105,3 +105,28 @@ def test_kdself_into_pruned_copy_keeps_zeros_and_uses_the_baseline_as_teacher(ti
     assert f["train"]["recipe"]["lr"] == pytest.approx(0.1 * 1e-3)
     assert v.facts["allowed_drop_pp"] == 1.0
     assert any(not torch.equal(a, b) for a, b in zip(pruned.model.parameters(), v.model.parameters()))
+
+
+def test_a_student_can_be_any_model_spec(tiny_workbench, tmp_path, monkeypatch):
+    """kd-t<T>-s<spec>: the student is a user callable (or torchvision:/timm:), trained like a
+    registry student; an unknown or exported-file student is refused with the fix."""
+    (tmp_path / "my_students.py").write_text(
+        "from torch import nn\n\n"
+        "def tiny_student(in_shape, num_classes):\n"
+        "    c, h, w = in_shape\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 16), nn.ReLU(), nn.Linear(16, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from squeezebench.compression import ConfigError, parse_variant_id, variant_id
+
+    for vid in ("kd-t4-smy_students:tiny_student", "kd-t2-a0.5-storchvision:resnet18-e3",
+                "scratch-my_students:tiny_student-e2", "kd-t4-stimm:resnet18"):
+        assert variant_id(parse_variant_id(vid)) == vid
+    (cfg,) = parse_variant_id("kd-t2-a0.5-storchvision:resnet18-e3")
+    assert (cfg.student, cfg.epochs, cfg.alpha) == ("torchvision:resnet18", 3, 0.5)
+    v = tiny_workbench.variant("lenet300_100", "tiny", "kd-t4-smy_students:tiny_student-e1")
+    assert v.arch["model"] == "my_students:tiny_student" and v.facts["distill"]["student"]["params"] < 5000
+    assert tiny_workbench.evaluate(v, "onnxruntime").parity_agreement >= 0.995
+    with pytest.raises(ConfigError, match="no_such_mod"):
+        parse_variant_id("kd-t4-sno_such_mod:f")
+    with pytest.raises(ConfigError, match="exported file"):
+        parse_variant_id("scratch-onnx:m.onnx")

@@ -308,7 +308,7 @@ def test_checkpoint_for_an_onnx_file_is_a_usage_error(tmp_path, trained):
     r, out = _bench("--collect-only", "--sb-profile", "quick", "--sb-models", f"onnx:{path}",
                     "--sb-checkpoint", f"onnx:{path}=w.pt", tmp_path=tmp_path)
     assert r.returncode == 4 and "Traceback" not in out, out
-    assert f"is an exported file that holds its own weights; drop --sb-checkpoint for it" in out
+    assert "is an exported file that holds its own weights; drop --sb-checkpoint for it" in out
 
 
 def test_a_file_that_does_not_fit_the_dataset_says_so(tmp_path, trained):

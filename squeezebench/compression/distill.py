@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from squeezebench.models import list_models
+from squeezebench.models import ModelSourceError, ModelUnavailable, list_models, resolve
 from squeezebench import training
 from squeezebench.compression.base import ChainState, CompressionConfig, ConfigError, register_handler
 from squeezebench.compression.prune import keep_zeros
@@ -66,9 +66,12 @@ STUDENT_ALLOWED_DROP_PP = {"easy": 4.0}
 STUDENT_ALLOWED_DROP_FALLBACK_PP = 20.0
 TEMPERATURE_SWEEP = (1, 2, 4, 8, 16, 20)
 
+# A student is a registry name or any model spec (package.module:callable, torchvision:<name>,
+# timm:<name>): letters, digits, _ . : and inner dashes (timm names), never a trailing -e<N>.
+_STUDENT = r"[A-Za-z_][\w.:]*(?:-[A-Za-z_][\w.:]*)*?"
 _KD = re.compile(r"^kd(?P<self>self)?-t(?P<t>\d+(?:\.\d+)?)(?:-a(?P<a>\d*\.?\d+))?"
-                 r"(?:-s(?P<s>[a-z][a-z0-9_]*))?(?:-e(?P<e>\d+))?$")
-_SCRATCH = re.compile(r"^scratch-(?P<s>[a-z][a-z0-9_]*?)(?:-e(?P<e>\d+))?$")
+                 rf"(?:-s(?P<s>{_STUDENT}))?(?:-e(?P<e>\d+))?$")
+_SCRATCH = re.compile(rf"^scratch-(?P<s>{_STUDENT})(?:-e(?P<e>\d+))?$")
 
 
 def _num(x: float) -> str:
@@ -76,10 +79,21 @@ def _num(x: float) -> str:
 
 
 def _check_student(student: str | None) -> None:
-    if student is not None and student not in list_models():
-        raise ConfigError(f"student {student!r} is not a registered model; pick one of "
-                          f"{', '.join(list_models())} (or student=None / token kdself-t4 to distill "
-                          "into the chain's current model)")
+    """A student must be a model spec that resolves (a registry name, package.module:callable,
+    torchvision:<name>, timm:<name>); an exported onnx: file has no torch module to train."""
+    if student is None or student in list_models():
+        return
+    if student.startswith("onnx:"):
+        raise ConfigError(f"student {student!r} is an exported file: a student is trained, so it must be a "
+                          "torch model (a registry name, package.module:callable, torchvision:<name>, timm:<name>)")
+    try:
+        resolve(student)
+    except ModelUnavailable:
+        return  # an optional library is missing: the record skips with the reason when it is built
+    except (KeyError, ModelSourceError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) else str(e)
+        raise ConfigError(f"student {student!r}: {msg} (or student=None / token kdself-t4 to distill "
+                          "into the chain's current model)") from None
 
 
 def _check_epochs(epochs) -> None:
