@@ -62,3 +62,21 @@ def shared_data(pytestconfig):
             pytest.fail(msg)
         pytest.skip(msg)
     return s.data_dir
+
+
+def run_bench(*args: str, tmp_path, pythonpath=None, timeout: int = 300):
+    """``pytest bench/ -q ARGS`` of this repo in a subprocess, caching under ``tmp_path``, with
+    ``pythonpath`` (a user's modules) importable: (the CompletedProcess, stdout + stderr)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "SQUEEZEBENCH_PROFILE"}
+    env["SQUEEZEBENCH_CACHE_DIR"] = str(Path(tmp_path) / "cache")
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    r = subprocess.run([sys.executable, "-m", "pytest", "bench/", "-q", "-p", "no:cacheprovider", *args],
+                       cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    return r, r.stdout + r.stderr

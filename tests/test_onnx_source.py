@@ -5,8 +5,6 @@ exit code 4 at load)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_tiny_dataset, new_tiny_workbench
+from conftest import make_tiny_dataset, new_tiny_workbench, run_bench
 from squeezebench import encoding, training
 from squeezebench.backends import BackendUnavailable
 from squeezebench.backends.openvino_backend import OPENVINO_NO_DYNAMIC
@@ -63,14 +61,7 @@ def trained(tmp_path_factory):
     return model, top1, export(model, (1, 16, 16), root / "tiny.onnx"), data
 
 
-def _bench(*args: str, tmp_path: Path, pythonpath: Path | None = None, timeout: int = 300):
-    env = {k: v for k, v in os.environ.items() if k != "SQUEEZEBENCH_PROFILE"}
-    env["SQUEEZEBENCH_CACHE_DIR"] = str(tmp_path / "cache")
-    if pythonpath is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    r = subprocess.run([sys.executable, "-m", "pytest", "bench/", "-q", "-p", "no:cacheprovider", *args],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    return r, r.stdout + r.stderr
+_bench = run_bench  # tests/conftest.py
 
 
 # -- runtime-side variants --------------------------------------------------------------------

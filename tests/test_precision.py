@@ -95,20 +95,20 @@ def test_consistency_check_fails_a_record_that_contradicts_itself():
             "compute_layers": {f"{o['layer']}:{o['activation']}:{o['kernel']}": 1 for o in ops}})
         return {**f, **tamper}
 
-    f32 = _layer("f32", "f32", "brgconv_avx512_f32")
-    bf16 = _layer("bf16", "bf16", "brgconv_avx512_bf16")
+    f32 = _layer("f32", "f32", "jit_conv_f32")
+    bf16 = _layer("bf16", "bf16", "jit_conv_bf16")
     assert facts_problems(ov_facts("f32", f32)) == []
     assert facts_problems(ov_facts("bf16", bf16, _layer("f32", "f32", "gemm_mlas_f32"))) == []
     claims_f16 = facts_problems(ov_facts("f16", f32))
     assert claims_f16 and "no compute layer ran in it" in claims_f16[0], claims_f16
     assert facts_problems(ov_facts("f32", bf16))  # claims f32, ran bf16
     # An op whose stated precision, activation type and kernel name disagree.
-    assert any("kernel" in p for p in facts_problems(ov_facts("f16", _layer("f16", "f16", "brgconv_avx512_f32"))))
+    assert any("kernel" in p for p in facts_problems(ov_facts("f16", _layer("f16", "f16", "jit_conv_f32"))))
     assert any("activation" in p for p in facts_problems(ov_facts("f32", _layer("f32", "bf16", "ref_any"))))
     # The summary alone (no op list) is checked too.
     assert facts_problems({"inference_precision_effective": "f16",
-                           "compute_layers": {"Convolution:f32:brgconv_avx512_f32": 2}})
-    assert facts_problems({"compute_layers": {"Convolution:f16:brgconv_avx512_f32": 1}})
+                           "compute_layers": {"Convolution:f32:jit_conv_f32": 2}})
+    assert facts_problems({"compute_layers": {"Convolution:f16:jit_conv_f32": 1}})
 
 
 def test_fp64_skips_where_the_runtime_has_no_fp64(wb):

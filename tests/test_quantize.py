@@ -122,7 +122,7 @@ def test_int8_share_weighs_ops_by_macs():
 
 
 def test_consistency_check_fails_an_inconsistent_int8_record():
-    ops = [_op("int8", 1_000, activation="u8", weight="i8", kernel="brgconv_avx512_I8"), _op("f32", 9_000)]
+    ops = [_op("int8", 1_000, activation="u8", weight="i8", kernel="jit_conv_I8"), _op("f32", 9_000)]
     good = int8_facts("openvino", None, ops, {})
     assert facts_problems(good) == []
     assert facts_problems({**good, "int8_kernels": True})  # the old "any op" meaning is not the record's
@@ -130,8 +130,8 @@ def test_consistency_check_fails_an_inconsistent_int8_record():
     assert facts_problems({**good, "int8_label": "int8"})
     for bad in (_op("int8", 5, activation="f32"),  # static int8 fed float activations
                 _op("int8", 5, activation="u8", weight="f32"),
-                _op("int8", 5, kernel="brgemm_avx512_f32"),
-                _op("f32", 5, kernel="jit_avx512_I8")):
+                _op("int8", 5, kernel="jit_gemm_f32"),
+                _op("f32", 5, kernel="jit_gemm_I8")):
         assert facts_problems(int8_facts("openvino", None, [bad], {})), bad
     # A dynamic int8 op quantizes its float input itself: not a contradiction.
     assert facts_problems(int8_facts("x", None, [_op("int8", 5, activation="float32", dynamic=True)], {})) == []

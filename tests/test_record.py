@@ -198,8 +198,7 @@ def test_a_failed_benchmark_test_saves_its_record_as_invalid(tmp_path):
 
 
 def test_cpu_identity_from_proc_cpuinfo():
-    from squeezebench.reports.history import KERNEL_FLAGS as REPORTS_FLAGS
-    from squeezebench.machine import KERNEL_FLAGS, kernel_flags, parse_cpuinfo
+    from squeezebench.machine import kernel_flags, parse_cpuinfo
 
     text = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
             "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw "
@@ -211,4 +210,3 @@ def test_cpu_identity_from_proc_cpuinfo():
                     "amx_tile", "amx_bf16", "amx_int8"]}
     assert parse_cpuinfo("processor: 0\n")["cpu_isa"] is None  # no flag list: unknown, not "none"
     assert kernel_flags(["avx2", "avx512vnni", "avx512f"]) == ["avx2", "avx512f", "avx512_vnni"]  # py-cpuinfo spelling
-    assert KERNEL_FLAGS == REPORTS_FLAGS  # reports keep a copy (they read histories without the engine)

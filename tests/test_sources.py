@@ -4,9 +4,7 @@ clear message (a usage error before any work, or exit code 4 once the data is th
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import new_tiny_workbench
+from conftest import new_tiny_workbench, run_bench
 from squeezebench import training
 from squeezebench.checkpoints import CheckpointError
 from squeezebench.data import DataError, load_dataset
@@ -352,14 +350,7 @@ def test_bad_data_callable_is_one_clear_error(tmp_path, user_module, fn, message
 
 
 # -- the command a user runs ------------------------------------------------------------------
-def _pytest(*args: str, tmp_path: Path, pythonpath: Path | None = None, timeout: int = 300):
-    env = {k: v for k, v in os.environ.items() if k != "SQUEEZEBENCH_PROFILE"}
-    env["SQUEEZEBENCH_CACHE_DIR"] = str(tmp_path / "cache")
-    if pythonpath is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    r = subprocess.run([sys.executable, "-m", "pytest", "bench/", "-q", "-p", "no:cacheprovider", *args],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    return r, r.stdout + r.stderr
+_pytest = run_bench  # tests/conftest.py
 
 
 @pytest.mark.parametrize("args,message", [

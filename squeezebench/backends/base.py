@@ -84,7 +84,7 @@ def precision_of(type_name: str | None) -> str | None:
 
 
 def kernel_precision(kernel: str | None) -> str | None:
-    """The precision a kernel name states (``brgconv_avx512_I8`` -> int8), None when it names none."""
+    """The precision a kernel name states (e.g. ``..._I8`` -> int8, ``..._bf16`` -> bf16), None when it names none."""
     if not kernel:
         return None
     found = {_KERNEL_TOKENS[tok] for tok in str(kernel).lower().split("_") if tok in _KERNEL_TOKENS}

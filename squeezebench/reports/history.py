@@ -14,16 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, TextIO
 
+from squeezebench.machine import KERNEL_FLAGS, kernel_flags
+
 DEFAULT_ROOT = Path(".benchmarks")
 HISTORY_NAME = re.compile(r"^\d{4}_.*\.json$")
 KEY_FIELDS = ("model", "dataset", "variant", "backend", "batch")
 # A record without `parity_min` was checked against this (the harness's default then and now).
 DEFAULT_PARITY_MIN = 0.995
 INFERRED = "inferred: the record predates the `valid` field"
-# CPU features that decide which kernels run: the same list as squeezebench.machine.KERNEL_FLAGS
-# (copied, since reports read histories without the engine; a test keeps the two equal).
-KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
-                "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "bf16")
 
 
 class HistoryError(Exception):
@@ -206,10 +204,6 @@ class History:
         return {r.key: r for r in self.records}
 
 
-def _flag_key(flag: str) -> str:
-    return str(flag).lower().replace("_", "")  # avx512_vnni (Linux) = avx512vnni (cpuid)
-
-
 def cpu_isa(mi: dict) -> list[str] | None:
     """The KERNEL_FLAGS a machine has, from squeezebench's own facts (/proc/cpuinfo) and
     py-cpuinfo's flag list in pytest-benchmark's machine_info together: py-cpuinfo already merges
@@ -220,8 +214,7 @@ def cpu_isa(mi: dict) -> list[str] | None:
     sources = [x for x in (own, cpuinfo) if isinstance(x, list)]
     if not sources or (own is None and not cpuinfo):  # an empty py-cpuinfo list: not recorded
         return None
-    have = {_flag_key(x) for src in sources for x in src}
-    return [f for f in KERNEL_FLAGS if _flag_key(f) in have]
+    return kernel_flags(str(x) for src in sources for x in src)
 
 
 def isa_tier(isa: list[str] | None) -> str:
