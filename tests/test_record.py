@@ -103,14 +103,14 @@ def _fake_variant(facts: dict | None = None, export=None, dtype: str = "float32"
                            model=None)
 
 
-def _fake_record(tmp_path, *, backend="onnxruntime", top1=98.5, parity=1.0, variant=None):
+def _fake_record(tmp_path, *, backend="onnxruntime", top1=98.5, parity=1.0, variant=None, runtime=None):
     from squeezebench.record import build_extra_info
 
     f = tmp_path / "model.onnx"
     f.write_bytes(b"x" * 10)
     case = SimpleNamespace(model="lenet300_100", dataset="mnist", variant="fp32", backend=backend, batch=1)
     artifact = SimpleNamespace(nbytes=10, files=[f], format="onnx")
-    session = SimpleNamespace(facts=dict, threads=1, device_name="cpu")
+    session = SimpleNamespace(facts=lambda: dict(runtime or {}), threads=1, device_name="cpu")
     ev = SimpleNamespace(top1=top1, n_images=10000, parity_agreement=parity, max_abs_logit_diff=0.0)
     static = {"params": 1, "nonzero_params": 1, "macs": 1}
     return build_extra_info(case, variant or _fake_variant(), artifact, session, ev, static, 98.0, [1e-4, 2e-4],
@@ -151,6 +151,27 @@ def test_parity_minimum_and_reference_come_from_the_variant(tmp_path):
     # 96 % passes a static int8 record's 95 % minimum, not the default 99.5 %
     assert _fake_record(tmp_path, parity=0.96, variant=int8)["valid"] is True
     assert _fake_record(tmp_path, parity=0.96)["valid"] is False
+
+
+def test_parity_minimum_follows_the_precision_that_ran(tmp_path):
+    """An f16 hint run in bf16 (OpenVINO on AVX512-BF16 CPUs) is held to the lower-precision minimum
+    and says why; the same agreement fails a record that ran in the reference's precision."""
+    fp16 = _fake_variant(dtype="float16")
+    ran_bf16 = _fake_record(tmp_path, backend="openvino", parity=0.994, variant=fp16,
+                            runtime={"inference_precision_effective": "bf16"})
+    assert ran_bf16["valid"] is True and ran_bf16["parity_min"] == 0.99
+    assert "computed in bf16 (8-bit mantissa), the reference in f16 (11-bit)" in ran_bf16["parity_min_reason"]
+    ran_f16 = _fake_record(tmp_path, backend="openvino", parity=0.994, variant=fp16,
+                           runtime={"inference_precision_effective": "f16"})
+    assert ran_f16["valid"] is False and "parity_min_reason" not in ran_f16
+    # a higher precision than the reference keeps the variant's minimum; so does a lower one already set lower
+    assert "parity_min_reason" not in _fake_record(tmp_path, variant=fp16, runtime={"inference_precision_effective": "f32"})
+    int8 = _fake_variant({"parity_min": 0.95})
+    assert _fake_record(tmp_path, variant=int8, parity=0.96,
+                        runtime={"inference_precision_effective": "bf16"})["parity_min"] == 0.95
+    below = _fake_record(tmp_path, backend="openvino", parity=0.985, variant=fp16,
+                         runtime={"inference_precision_effective": "bf16"})
+    assert below["valid"] is False and "minimum 99.00%" in below["invalid_reasons"][0]
 
 
 BACKSTOP_TESTS = '''
@@ -210,3 +231,38 @@ def test_cpu_identity_from_proc_cpuinfo():
                     "amx_tile", "amx_bf16", "amx_int8"]}
     assert parse_cpuinfo("processor: 0\n")["cpu_isa"] is None  # no flag list: unknown, not "none"
     assert kernel_flags(["avx2", "avx512vnni", "avx512f"]) == ["avx2", "avx512f", "avx512_vnni"]  # py-cpuinfo spelling
+
+
+@pytest.mark.parametrize("draw", [
+    lambda g, n: g.lognormal(4.0, 0.3, n),             # right-skewed, like most latency rounds
+    lambda g, n: 100 + g.exponential(5.0, n),          # a floor plus interruptions
+    lambda g, n: g.normal(50.0, 2.0, n),
+])
+def test_median_interval_covers_the_true_median(draw):
+    """At least ~95 % of intervals from samples of a known distribution contain its true median
+    (drawn from 200k values), and they shrink as rounds grow."""
+    from squeezebench.record import median_ci
+
+    g = np.random.default_rng(0)
+    true = float(np.median(draw(g, 200_000)))
+    widths = {}
+    for n in (12, 200):
+        hits, w = 0, []
+        for _ in range(2000):
+            lo, hi = median_ci(draw(g, n))
+            hits += lo <= true <= hi
+            w.append(hi - lo)
+        assert hits / 2000 >= 0.94, (n, hits)  # binomial sd of the share: 0.5 pp
+        widths[n] = float(np.mean(w))
+    assert widths[200] < widths[12] / 2
+
+
+def test_latency_fields_carry_the_interval_and_cv_or_say_why_not():
+    from squeezebench.record import latency_fields
+
+    f = latency_fields([1e-4, 1.1e-4, 0.9e-4, 1e-4, 1.2e-4, 1e-4, 1.05e-4, 0.95e-4], batch=2)
+    lo, hi = f["latency_p50_ci95_us"]
+    assert lo <= f["per_image_us"] <= hi and lo >= 45.0 and hi <= 60.0
+    assert 0 < f["latency_cv"] < 0.2 and f["latency_ci_method"].startswith("distribution-free 95 %")
+    few = latency_fields([1e-4, 2e-4, 3e-4], batch=1)
+    assert few["latency_p50_ci95_us"] is None and few["latency_ci_method"].startswith("unavailable: 3 rounds")

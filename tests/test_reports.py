@@ -286,7 +286,7 @@ def test_report_with_no_readable_history_fails_clearly(tmp_path, capsys):
 def test_help_lists_the_views():
     p = subprocess.run([sys.executable, "-m", "reports", "--help"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0
-    for view in ("summary", "paper", "plots", "markdown", "html", "compare"):
+    for view in ("summary", "speedups", "paper", "plots", "markdown", "html", "compare"):
         assert re.search(rf"^\s+{view}\s", p.stdout, re.M), view
 
 
@@ -502,3 +502,81 @@ def test_runs_of_one_machine_stay_one_machine_whatever_its_node_name(tmp_path):
                             {"sb": {"gpus": ["NVIDIA H100"]}})):
         c = load_history(planted(tmp_path, {}, f"000{i + 3}_c.json", machine=other(**kw)))
         assert c.machine.key != a.machine.key, kw
+
+
+# -- speedups beside MAC reductions (issue 11: real networks) ---------------------------------
+def test_speedups_put_each_batch_speedup_beside_the_mac_reduction(capsys):
+    assert main(["speedups", str(HISTORY), "--batches", "1,256"]) == 0
+    text = capsys.readouterr().out
+    t_head = text.splitlines()[1].split()
+    assert "MACs" in t_head and "speedup" in t_head
+    from squeezebench.reports.render import machine_runs, speedup_table
+
+    t = speedup_table(machine_runs([load_history(HISTORY)])[0], (1, 256))
+    col = {c: i for i, c in enumerate(t.columns)}
+    rows = {(r[0], r[2], r[3]): r for r in t.rows}
+    sp = rows[("lenet5", "sprune75-conv", "torch-cpu")]
+    assert sp[col["MACs reduction"]] == f"{416520 / 26000:.2f}x"
+    assert sp[col["speedup b1"]] == f"{396.7012500538658 / 253.88880003447412:.2f}x"
+    assert sp[col["MMACs/image"]] == "0.03"
+    # a batch the history lacks for that backend is said to be missing, never filled in
+    q = rows[("lenet300_100", "int8-static", "onnxruntime")]
+    assert q[col["speedup b1"]] == f"{41.49750009219133 / 24.8985000553148:.2f}x"
+    assert q[col["µs/image b256 p50"]] == "not in this history"
+    assert rows[("lenet300_100", "fp32", "torch-cpu")][col["speedup b256"]] == "1.00x"
+
+
+def test_speedups_mark_an_invalid_record_and_claim_no_speedup(tmp_path, capsys):
+    path = planted(tmp_path, {KD4: failed_kd})
+    assert main(["speedups", str(path), "--format", "markdown"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "| kd-t4 | torch-cpu |" in ln)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[4] == "93.10 INVALID" and cells[11] == "—"
+
+
+def test_speedups_refuse_bad_batches(capsys):
+    assert main(["speedups", str(HISTORY), "--batches", "1,x"]) == 2
+    assert "--batches must be a comma list of integers" in capsys.readouterr().err
+
+
+def test_speedups_show_the_interval_and_a_bracket_that_holds_one_is_no_change(tmp_path):
+    from squeezebench.reports.render import machine_runs, speedup_table
+
+    fp32, int8 = ("lenet300_100", "mnist", "fp32", "onnxruntime", 1), INT8_ORT
+    path = planted(tmp_path, {fp32: lambda e: e.update(per_image_us=40.0, latency_p50_ci95_us=[39.0, 41.0]),
+                              int8: lambda e: e.update(per_image_us=20.0, latency_p50_ci95_us=[19.5, 20.5])})
+    t = speedup_table(machine_runs([load_history(path)])[0], (1,))
+    col = {c: i for i, c in enumerate(t.columns)}
+    row = next(r for r in t.rows if (r[2], r[3]) == ("int8-static", "onnxruntime"))
+    assert row[col["µs/image b1 p50"]] == "20.0 [19.5-20.5]"
+    assert row[col["speedup b1"]] == f"2.00x [{39 / 20.5:.2f}-{41 / 19.5:.2f}]"
+    noisy = planted(tmp_path, {fp32: lambda e: e.update(per_image_us=40.0, latency_p50_ci95_us=[30.0, 50.0]),
+                               int8: lambda e: e.update(per_image_us=38.0, latency_p50_ci95_us=[35.0, 45.0])},
+                    name="0003_noisy.json")
+    row = next(r for r in speedup_table(machine_runs([load_history(noisy)])[0], (1,)).rows
+               if (r[2], r[3]) == ("int8-static", "onnxruntime"))
+    lo, hi = (float(x) for x in row[col["speedup b1"]].split("[")[1].rstrip("]").split("-"))
+    assert lo < 1.0 < hi  # no measurable change, and the table lets the reader see it
+
+
+def test_is_it_real_judges_a_speedup_by_its_interval(tmp_path):
+    """A 1.26x of unstructured pruning on dense kernels whose interval holds 1 is no speedup; a
+    clear 2x whose interval lies above 1 is faster."""
+    fp32 = ("lenet300_100", "mnist", "fp32", "torch-cpu", 1)
+    prune = ("lenet300_100", "mnist", "prune80", "torch-cpu", 1)
+    int8 = ("lenet300_100", "mnist", "int8-static", "torch-cpu", 1)
+    path = planted(tmp_path, {
+        fp32: lambda e: e.update(per_image_us=126.0, latency_p50_ci95_us=[100.0, 150.0]),
+        prune: lambda e: e.update(per_image_us=100.0, latency_p50_ci95_us=[90.0, 130.0]),
+        int8: lambda e: e.update(per_image_us=60.0, latency_p50_ci95_us=[58.0, 62.0])})
+    got = {x.record.key: x for x in compression_reality(load_history(path).records)}
+    p = got[prune]
+    assert p.speedup == pytest.approx(1.26) and p.change == "no measurable change"
+    assert p.band == pytest.approx((100 / 130, 150 / 90))
+    assert "time not (no measurable change: 1.26x, interval 0.77-1.67x)" in p.flag
+    assert "dense kernels ignore zeros" in p.flag
+    q = got[int8]
+    assert q.change == "faster" and q.flag == "" and q.band[0] > 1
+    # without intervals (older records) the fixed threshold still judges
+    plain = {x.record.key: x for x in compression_reality(load_history(HISTORY).records)}
+    assert plain[prune].band is None and plain[prune].change == ""

@@ -91,3 +91,34 @@ def test_progress_is_reported(tiny_workbench):
 def test_bad_train_config(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
+
+
+def test_bf16_autocast_runs_only_where_the_cpu_has_it_and_the_key_says_which(tiny_workbench, monkeypatch):
+    """autocast="bf16-native": bf16 arithmetic on CPUs with native bf16, float32 elsewhere; the
+    recipe's key and the training summary record which ran, so the two never share a cache entry."""
+    from squeezebench import training
+
+    cfg = TrainConfig(epochs=1, lr=3e-3, batch_size=64, seed=3, autocast="bf16-native")
+    seen: list[bool] = []
+    real_autocast = torch.autocast
+
+    def spy(*a, **kw):
+        seen.append(kw.get("enabled", True))
+        return real_autocast(*a, **kw)
+
+    monkeypatch.setattr(training.torch, "autocast", spy)
+    lines: list[str] = []
+    tiny_workbench.progress = lines.append
+    for native in (True, False):
+        monkeypatch.setattr(training, "native_bf16", lambda native=native: native)
+        seen.clear()
+        lines.clear()
+        v = tiny_workbench.train("lenet5", "tiny", cfg)
+        assert any(ln.startswith("training lenet5") for ln in lines), "each precision is its own cache entry"
+        want = "bf16 autocast" if native else "f32"
+        assert cfg.as_dict()["precision_effective"] == want
+        assert seen and set(seen) == {native}  # every step, enabled exactly where native
+        assert all(p.dtype == torch.float32 for p in v.model.parameters())  # the weights stay float32
+    assert "precision_effective" not in TrainConfig(epochs=1).as_dict()  # fp32 recipes keep their keys
+    with pytest.raises(ValueError, match="autocast must be one of none, bf16-native"):
+        TrainConfig(autocast="fp8")

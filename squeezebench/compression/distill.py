@@ -284,7 +284,7 @@ def apply_distill(cfg: DistillConfig, state: ChainState) -> ChainState:
     soft = teacher_logits(state, teacher, t_key)
 
     def loss_fn(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return kd_loss(model(xb), soft[idx], yb, cfg.temperature, cfg.alpha)
+        return kd_loss(model(xb).float(), soft[idx], yb, cfg.temperature, cfg.alpha)
 
     def build(m: nn.Module) -> dict:
         s = training.fit(m, state.data, tc, loss_fn=loss_fn, after_step=keep_zeros(m),

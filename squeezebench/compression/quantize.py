@@ -12,7 +12,8 @@ backend's exporter writes the artifact (``squeezebench/backends/``):
   (``QuantSpec.calibration``), from the fp32 model (``ExportSpec.float_model``).
 * dynamic: activation ranges computed per batch at run time; weights int8 ahead of time.
 * qat: ``prepare_qat_fx`` (FakeQuantize) fine-tuned by ``training.fit`` and cached here; the
-  fake-quant model (``QuantSpec.qat_model``) is what every runtime exports.
+  fake-quant model with its BatchNorms folded into their convs (``QuantSpec.qat_model``,
+  ``torch_int8.fold_bn_in_qat``) is what every runtime exports.
 
 ``torch.ao.quantization`` (eager/FX) is deprecated upstream in favour of torchao's pt2e flow,
 but pt2e only reaches int8 kernels after ``torch.compile`` (Inductor) lowering; an eager pt2e
@@ -36,7 +37,7 @@ from torch import nn
 
 from squeezebench.compression.base import ChainState, CompressionConfig, ConfigError, register_handler
 from squeezebench.domain import ExportSpec, QuantSpec
-from squeezebench.torch_int8 import _quiet, _weight_observer, torch_qconfig_mapping
+from squeezebench.torch_int8 import _quiet, _weight_observer, fold_bn_in_qat, torch_qconfig_mapping
 
 METHODS = ("static", "dynamic", "qat")
 _DEFAULTS = {"calibration_images": 512, "per_channel": True, "qat_epochs": 2}
@@ -263,7 +264,9 @@ def apply_quantize(cfg: QuantizeConfig, state: ChainState) -> ChainState:
         qat_model, meta = state.cached_model("int8-qat", cfg, build, model=prepared)
         with _quiet():
             qat_model.apply(disable_observer)  # eval() alone does not stop FakeQuantize's observers
-            reference = qat_model.eval()
+            # BatchNorm folded into its conv: what every runtime exports and converts (see fold_bn_in_qat).
+            qat_model = fold_bn_in_qat(qat_model.eval())
+            reference = qat_model
         qweights = _fakequant_qweights(qat_model)
         info.update(calibration_images=0, qat={"recipe": tcfg.as_dict(), **meta}, reference="the fake-quant model")
 

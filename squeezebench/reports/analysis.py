@@ -40,6 +40,15 @@ def latency_ratio(rec: Record, records: list[Record], backend: str = RATIO_BACKE
     return a / b if a is not None and b else None
 
 
+def speedup_interval(base: Record, rec: Record) -> tuple[float, float] | None:
+    """The speedup's range between the two medians' 95 % intervals: (base low / rec high, base high / rec low)."""
+    b, r = base.get("latency_p50_ci95_us"), rec.get("latency_p50_ci95_us")
+    if not (isinstance(b, (list, tuple)) and isinstance(r, (list, tuple)) and r[0] and r[1]):
+        return None
+    return b[0] / r[1], b[1] / r[0]
+
+
+
 @dataclass
 class Reality:
     record: Record
@@ -50,6 +59,8 @@ class Reality:
     size_reduction: float | None  # baseline bytes / variant bytes (same size field)
     size_field: str
     flag: str  # "" or why the compression is not real here
+    band: tuple[float, float] | None = None  # the speedup between the medians' 95 % interval ends
+    change: str = ""  # faster / slower / no measurable change (by band), "" without intervals
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -60,7 +71,9 @@ def compression_reality(records: list[Record], *, min_reduction: float = 1.1,
                         min_speedup: float = 1.05) -> list[Reality]:
     """For each variant: measured speedup over fp32 on the same backend/batch/model/dataset, beside
     its reductions in MACs, nonzero weights and bytes. Flags a variant whose size or nonzero
-    count went down by ``min_reduction``x or more while it did not get ``min_speedup``x faster."""
+    count went down by ``min_reduction``x or more while it did not get measurably faster: judged
+    by the speedup's interval (``band``) where both records carry a median interval, else by
+    ``min_speedup``."""
     out = []
     for r in records:
         if r["variant"] == BASELINE_VARIANT:
@@ -81,15 +94,21 @@ def compression_reality(records: list[Record], *, min_reduction: float = 1.1,
         macs = _ratio(base.n("macs"), r.n("macs"))
         nz = _ratio(base.n("nonzero_params"), r.n("nonzero_params"))
         size = _ratio(bs, rs)
+        band = speedup_interval(base, r)
+        change = "" if band is None else ("faster" if band[0] > 1 else "slower" if band[1] < 1
+                                           else "no measurable change")
+        # By the interval where both records carry one (a 1.26x inside the noise is no speedup),
+        # else by min_speedup.
+        not_faster = change != "faster" if band is not None else speedup is not None and speedup < min_speedup
         flag = ""
-        if speedup is not None and speedup < min_speedup:
-            smaller = [what for what, v in (("nonzero weights", nz), ("bytes", size), ("MACs", macs))
-                       if v is not None and v >= min_reduction]
-            if smaller:
-                flag = f"{' and '.join(smaller)} down, time not ({speedup:.2f}x)"
-                if nz is not None and nz >= min_reduction and (macs is None or macs < min_reduction):
-                    flag += ": dense kernels ignore zeros"
-        out.append(Reality(r, base, speedup, macs, nz, size, field, flag))
+        smaller = [what for what, v in (("nonzero weights", nz), ("bytes", size), ("MACs", macs))
+                   if v is not None and v >= min_reduction]
+        if not_faster and smaller:
+            how = f"{change}: {speedup:.2f}x, interval {band[0]:.2f}-{band[1]:.2f}x" if band else f"{speedup:.2f}x"
+            flag = f"{' and '.join(smaller)} down, time not ({how})"
+            if nz is not None and nz >= min_reduction and (macs is None or macs < min_reduction):
+                flag += ": dense kernels ignore zeros"
+        out.append(Reality(r, base, speedup, macs, nz, size, field, flag, band, change))
     return out
 
 

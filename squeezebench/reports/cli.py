@@ -18,13 +18,20 @@ def _parser(prog: str = "squeezebench") -> argparse.ArgumentParser:
         description="Reports and regression gates from saved pytest-benchmark histories "
                     "(.benchmarks/<machine>/NNNN_*.json). Reads only; never reruns a benchmark. "
                     "Unreadable files are named on stderr and the others are still read.",
-        epilog="views: summary, paper, plots, markdown, html, compare. "
+        epilog="views: summary, speedups, paper, plots, markdown, html, compare. "
                f"'{prog} VIEW --help' for each one's options.")
     sub = p.add_subparsers(dest="view", metavar="VIEW", required=True)
 
     s = sub.add_parser("summary", help="machines and every record, as a text table")
     s.add_argument("histories", nargs="*", metavar="HISTORY", help=HISTORY_HELP)
     s.add_argument("--every", action="store_true", help="a directory gives every history in it, not the newest")
+
+    sp = sub.add_parser("speedups", help="per variant and backend: top-1, the three sizes, MACs, and per batch "
+                                         "the median per-image time and its speedup over fp32")
+    sp.add_argument("history", nargs="?", metavar="HISTORY", help="one history file or directory (newest). "
+                                                                  "Default: .benchmarks")
+    sp.add_argument("--batches", default="1,256", help="comma list of batch sizes, a column pair each. Default: 1,256")
+    sp.add_argument("--format", choices=("markdown", "text"), default="text", help="output format. Default: text")
 
     pp = sub.add_parser("paper", help="the study's Tables 1-20 from one history: our measurement in every "
                                       "cell, the study's figure beside it")
@@ -114,6 +121,23 @@ def cmd_summary(args) -> int:
     runs = machine_runs(hs)
     print(machines_table(runs).text())
     print(side_by_side_table(runs).text())
+    return 0
+
+
+def cmd_speedups(args) -> int:
+    from squeezebench.reports.render import machine_runs, speedup_table
+
+    try:
+        h = _one(args.history)
+        batches = tuple(int(b) for b in args.batches.split(","))
+    except HistoryError as e:
+        print(f"reports: {e}", file=sys.stderr)
+        return 2
+    except ValueError:
+        print(f"reports: --batches must be a comma list of integers, got {args.batches!r}", file=sys.stderr)
+        return 2
+    t = speedup_table(machine_runs([h])[0], batches)
+    sys.stdout.write(t.markdown(2) if args.format == "markdown" else t.text())
     return 0
 
 
@@ -217,7 +241,7 @@ def cmd_compare(args) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "squeezebench") -> int:
     args = _parser(prog).parse_args(argv)
-    handlers = {"summary": cmd_summary, "paper": cmd_paper, "plots": cmd_plots, "markdown": cmd_report,
+    handlers = {"summary": cmd_summary, "speedups": cmd_speedups, "paper": cmd_paper, "plots": cmd_plots, "markdown": cmd_report,
                 "html": cmd_report, "compare": cmd_compare}
     try:
         return handlers[args.view](args)

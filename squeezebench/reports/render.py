@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from squeezebench.reports import paper
-from squeezebench.reports.analysis import RATIO_BACKEND, compression_reality, latency_ratio
+from squeezebench.reports.analysis import RATIO_BACKEND, compression_reality, latency_ratio, speedup_interval
 from squeezebench.reports.history import History, Record, group_by_machine
 from squeezebench.reports.plots import Plot, all_plots, energy_unavailable_reasons
 from squeezebench.reports.tables import MISSING, Table, fmt, fmt_kb, fmt_x
@@ -117,17 +117,67 @@ def reality_table(run: Run, title: str) -> Table:
     for x in sorted(compression_reality(run.records), key=lambda x: _sort_key(x.record.key)):
         r = x.record
         rows.append([r["model"], r["dataset"], r["variant"], r["backend"], str(r["batch"]),
-                     fmt_x(x.speedup), fmt_x(x.mac_reduction), fmt_x(x.nonzero_reduction),
+                     fmt_x(x.speedup) + (f" [{x.band[0]:.2f}-{x.band[1]:.2f}] {x.change}" if x.band else ""),
+                     fmt_x(x.mac_reduction), fmt_x(x.nonzero_reduction),
                      fmt_x(x.size_reduction) + ("" if x.size_field == "compressed_bytes" else " (file)"),
                      (x.flag if x.flag.startswith(("INVALID", "not compared")) else "⚠ " + x.flag) if x.flag
                      else "ok"])
     return Table(title, ["model", "dataset", "variant", "backend", "batch", "speedup vs fp32",
                          "MACs reduction", "nonzero-weight reduction", "size reduction", "is it real?"], rows,
                  notes=["Each variant against the fp32 baseline on the same backend, batch, model and dataset, "
-                        "in the same run. Flagged: size or nonzero weights went down, time did not "
+                        "in the same run; in brackets the speedup between the two medians' 95 % interval ends, "
+                        "and the verdict it gives (faster, slower, no measurable change). Flagged: size or "
+                        "nonzero weights went down, time did not (by that interval where the records carry one) "
                         "(e.g. dense kernels multiply the zeros anyway). INVALID: the variant's record failed "
                         "its guardrail or parity check; an invalid fp32 record is no baseline (not compared)."],
                  anchor="reality")
+
+
+def _ci_text(ci) -> str:
+    return f" [{ci[0]:.1f}-{ci[1]:.1f}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
+
+
+def speedup_table(run: Run, batches: tuple[int, ...] = (1, 256), title: str = "Speedups beside MAC reductions") -> Table:
+    """One row per model/dataset/variant/backend: top-1, the three sizes, MACs, and per batch the
+    median per-image time and its speedup over fp32 on the same backend (same run)."""
+    speed = {x.record.key: x for x in compression_reality(run.records)}
+    by_key = {r.key: r for r in run.records}
+    groups = sorted({(m, d, v, b) for (m, d, v, b, _n) in by_key}, key=lambda k: _sort_key((*k, 0)))
+    cols = ["model", "dataset", "variant", "backend", "top-1 %", "artifact kB", "compressed kB", "nonzero params",
+            "MMACs/image", "MACs reduction"]
+    for n in batches:
+        cols += [f"µs/image b{n} p50", f"speedup b{n}"]
+    rows = []
+    for m, d, v, b in groups:
+        recs = [by_key.get((m, d, v, b, n)) for n in batches]
+        any_rec = next((r for r in recs if r is not None), None)
+        if any_rec is None:
+            continue
+        macs = any_rec.n("macs")
+        red = next((speed[r.key].mac_reduction for r in recs if r is not None and r.key in speed), None)
+        top1 = fmt(any_rec.n("top1")) + ("" if all(r is None or r.valid for r in recs) else " INVALID")
+        row = [str(m), str(d), str(v), str(b), top1, fmt_kb(any_rec.n("artifact_bytes")),
+               fmt_kb(any_rec.n("compressed_bytes")), fmt(any_rec.n("nonzero_params"), 0),
+               fmt(macs / 1e6 if macs is not None else None, 2), "1.00x" if v == "fp32" else fmt_x(red)]
+        for r in recs:
+            if r is None:
+                row += [MISSING, ""]
+                continue
+            x = speed.get(r.key)
+            sp = "1.00x" if v == "fp32" else fmt_x(x.speedup if x else None)
+            band = x.band if x is not None else None
+            row += [fmt(r.n("per_image_us"), 1) + _ci_text(r.get("latency_p50_ci95_us")),
+                    sp + (f" [{band[0]:.2f}-{band[1]:.2f}]" if band and v != "fp32" else "")]
+        rows.append(row)
+    return Table(title, cols, rows, anchor="speedups", notes=[
+        "µs/image: the median per-image time, with its 95 % interval [low-high] where the record carries one "
+        "(latency_p50_ci95_us: order statistics of the rounds). "
+        "speedup bN: fp32's median per-image time over the variant's, same backend, batch, model and dataset, "
+        "same run (>1 = faster); in brackets, the speedup between the two medians' interval ends (lowest: "
+        "fp32's low end over the variant's high end), so a bracket that contains 1.00 is no measurable change. MACs reduction: fp32's MACs per image over the variant's, as the runtime's "
+        "compute ops report them (a pruned zero still costs a MAC in a dense kernel). "
+        "Sizes: artifact = every file the backend loads; compressed = our compact encoding (model.sqz); "
+        "1 kB = 1000 B. INVALID: a record failed its guardrail or parity check."])
 
 
 def _plots_for(runs: list[Run], out: Path, formats: tuple[str, ...]) -> list[tuple[str, list[Plot]]]:
@@ -156,6 +206,8 @@ def build(histories: list[History], out: Path, *, backend: str = "torch-cpu", ba
         "runs": runs,
         "machines": machines_table(runs),
         "results": side_by_side_table(runs),
+        "speedups": [speedup_table(run, title="Speedups beside MAC reductions" + (f" — {run.label}" if len(runs) > 1 else ""))
+                     for run in runs],
         "reality": [reality_table(run, "Is this compression real?" + (f" — {run.label}" if len(runs) > 1 else ""))
                     for run in runs],
         "plots": _plots_for(runs, plot_dir, formats),
@@ -175,6 +227,7 @@ def markdown(histories: list[History], out: Path, *, embed: bool = False, **kw) 
     parts = build(histories, out, **kw)
     md = ["# squeezebench report", "", *_intro(histories), "", parts["machines"].markdown(2),
           parts["results"].markdown(2)]
+    md += [t.markdown(2) for t in parts["speedups"]]
     md += [t.markdown(2) for t in parts["reality"]]
     md.append("## Plots\n")
     for label, plots in parts["plots"]:
@@ -213,10 +266,10 @@ def html_report(histories: list[History], out: Path, **kw) -> Path:
     parts = build(histories, out, formats=("png",), **kw)  # embedded; `plots` writes the SVGs
     e = html.escape
     body = ["<h1>squeezebench report</h1>"] + [f"<p>{e(p)}</p>" for p in _intro(histories)]
-    nav = ['<a href="#machines">machines</a>', '<a href="#results">results</a>', '<a href="#reality">is it real?</a>',
+    nav = ['<a href="#machines">machines</a>', '<a href="#results">results</a>', '<a href="#speedups">speedups</a>', '<a href="#reality">is it real?</a>',
            '<a href="#plots">plots</a>'] + (['<a href="#paper">study tables</a>'] if parts["paper"] else [])
     body.append("<p>" + " · ".join(nav) + "</p>")
-    body += [parts["machines"].html(2), parts["results"].html(2)] + [t.html(2) for t in parts["reality"]]
+    body += [parts["machines"].html(2), parts["results"].html(2)] + [t.html(2) for t in parts["speedups"]] + [t.html(2) for t in parts["reality"]]
     body.append('<h2 id="plots">Plots</h2>')
     for label, plots in parts["plots"]:
         body.append(f"<h3>{e(label)}</h3>")
