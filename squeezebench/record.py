@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import binom
 
 from squeezebench.backends import Artifact, Session
 from squeezebench.backends.base import precision_of
@@ -39,8 +40,6 @@ def median_ci(values, level: float = 0.95) -> tuple[float, float] | None:
     """A confidence interval of the median of ``values`` that holds for any continuous
     distribution: the order statistics x(j), x(n-j+1) with j from the Binomial(n, 1/2) quantile,
     so coverage is at least ``level``; None with fewer than MIN_ROUNDS_FOR_CI values."""
-    from scipy.stats import binom
-
     x = np.sort(np.asarray(values, dtype=np.float64))
     n = len(x)
     if n < MIN_ROUNDS_FOR_CI:

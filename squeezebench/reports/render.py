@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from squeezebench.reports import paper
-from squeezebench.reports.analysis import RATIO_BACKEND, compression_reality, latency_ratio, speedup_interval
+from squeezebench.reports.analysis import RATIO_BACKEND, compression_reality, latency_ratio
 from squeezebench.reports.history import History, Record, group_by_machine
 from squeezebench.reports.plots import Plot, all_plots, energy_unavailable_reasons
 from squeezebench.reports.tables import MISSING, Table, fmt, fmt_kb, fmt_x
@@ -117,7 +117,7 @@ def reality_table(run: Run, title: str) -> Table:
     for x in sorted(compression_reality(run.records), key=lambda x: _sort_key(x.record.key)):
         r = x.record
         rows.append([r["model"], r["dataset"], r["variant"], r["backend"], str(r["batch"]),
-                     fmt_x(x.speedup) + (f" [{x.band[0]:.2f}-{x.band[1]:.2f}] {x.change}" if x.band else ""),
+                     fmt_x(x.speedup) + (f"{_ci_text(x.band, 2)} {x.change}" if x.band else ""),
                      fmt_x(x.mac_reduction), fmt_x(x.nonzero_reduction),
                      fmt_x(x.size_reduction) + ("" if x.size_field == "compressed_bytes" else " (file)"),
                      (x.flag if x.flag.startswith(("INVALID", "not compared")) else "⚠ " + x.flag) if x.flag
@@ -133,8 +133,9 @@ def reality_table(run: Run, title: str) -> Table:
                  anchor="reality")
 
 
-def _ci_text(ci) -> str:
-    return f" [{ci[0]:.1f}-{ci[1]:.1f}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
+def _ci_text(ci, digits: int = 1) -> str:
+    """An interval as " [low-high]", or "" when there is none."""
+    return f" [{ci[0]:.{digits}f}-{ci[1]:.{digits}f}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
 
 
 def speedup_table(run: Run, batches: tuple[int, ...] = (1, 256), title: str = "Speedups beside MAC reductions") -> Table:
@@ -167,15 +168,15 @@ def speedup_table(run: Run, batches: tuple[int, ...] = (1, 256), title: str = "S
             sp = "1.00x" if v == "fp32" else fmt_x(x.speedup if x else None)
             band = x.band if x is not None else None
             row += [fmt(r.n("per_image_us"), 1) + _ci_text(r.get("latency_p50_ci95_us")),
-                    sp + (f" [{band[0]:.2f}-{band[1]:.2f}]" if band and v != "fp32" else "")]
+                    sp + (_ci_text(band, 2) if v != "fp32" else "")]
         rows.append(row)
     return Table(title, cols, rows, anchor="speedups", notes=[
         "µs/image: the median per-image time, with its 95 % interval [low-high] where the record carries one "
         "(latency_p50_ci95_us: order statistics of the rounds). "
         "speedup bN: fp32's median per-image time over the variant's, same backend, batch, model and dataset, "
         "same run (>1 = faster); in brackets, the speedup between the two medians' interval ends (lowest: "
-        "fp32's low end over the variant's high end), so a bracket that contains 1.00 is no measurable change. MACs reduction: fp32's MACs per image over the variant's, as the runtime's "
-        "compute ops report them (a pruned zero still costs a MAC in a dense kernel). "
+        "fp32's low end over the variant's high end), so a bracket that contains 1.00 is no measurable change. MACs reduction: fp32's MACs per image over the variant's, counted on the "
+        "torch model (the record's `macs`; a pruned zero still costs a MAC in a dense kernel). "
         "Sizes: artifact = every file the backend loads; compressed = our compact encoding (model.sqz); "
         "1 kB = 1000 B. INVALID: a record failed its guardrail or parity check."])
 
