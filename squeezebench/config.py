@@ -58,7 +58,15 @@ PROFILE_KEYS = {
     "pairs": (list, "[model, dataset] pairs, besides every model on every dataset"),
     "variants": (list, "variant ids"), "backends": (list, "backend names"), "batches": (list, "batch sizes"),
 }
-TOP_KEYS = {"profile", "profiles", "models", "datasets", "pairs"}
+TOP_KEYS = {"profile", "profiles", "models", "datasets", "pairs", "gate"}
+GATE_KEYS = {  # [tool.squeezebench.gate] and each of its groups: key -> what it is (squeezebench.reports.gate)
+    "top1-tol": "top-1 drop that fails, percentage points",
+    "size-tol": "growth of artifact or compressed bytes that fails, a fraction (0.01 = 1 %)",
+    "latency-tol": "normalised slowdown that fails when also significant, a fraction (0.1 = 10 %)",
+    "latency-alpha": "significance level of the latency rank test, in (0, 1)",
+    "energy-tol": "growth of energy per image that fails, a fraction",
+    "int8-share-tol": "drop of the share of MACs run in int8 that fails, 0..1",
+}
 TECHNIQUE_KINDS = ("quantize", "precision", "prune", "structured", "distill", "scratch")
 
 
@@ -80,6 +88,8 @@ class Config:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     pairs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # [tool.squeezebench.gate]: tolerance keys, and "groups" (test-id glob -> tolerance keys)
+    gate: dict[str, Any] = field(default_factory=dict)
 
     def fact(self, key: str, model: str | None, dataset: str | None) -> Any:
         """The most specific value of ``key``: the pair's, else the model's, else the dataset's."""
@@ -170,6 +180,36 @@ def _check_profile(where: str, table: Any, source: str) -> dict[str, list]:
     return out
 
 
+def _check_tolerances(where: str, table: Any, source: str) -> dict[str, float]:
+    if not isinstance(table, dict):
+        raise ConfigFileError(f"{source}: {where} must be a table, got {type(table).__name__}")
+    out = {}
+    for raw, value in table.items():
+        key = _norm(raw)
+        if key not in GATE_KEYS:
+            raise ConfigFileError(f"{source}: unknown key {where}.{raw}; known keys: "
+                                  + ", ".join(f"{k} ({d})" for k, d in GATE_KEYS.items()))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigFileError(f"{source}: {where}.{raw} must be a number >= 0 ({GATE_KEYS[key]}); got {value!r}")
+        if key == "latency-alpha" and not 0 < value < 1:
+            raise ConfigFileError(f"{source}: {where}.{raw} must be in (0, 1), e.g. 0.001; got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def _check_gate(table: Any, source: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigFileError(f"{source}: gate must be a table, got {type(table).__name__}")
+    rest = {k: v for k, v in table.items() if k != "groups"}
+    out: dict[str, Any] = _check_tolerances("gate", rest, source)
+    groups = table.get("groups", {})
+    if not isinstance(groups, dict):
+        raise ConfigFileError(f"{source}: gate.groups must be a table of test-id globs, e.g. "
+                              "[tool.squeezebench.gate.groups.\"*-b1\"] latency-tol = 0.15")
+    out["groups"] = {glob: _check_tolerances(f"gate.groups.{glob!r}", t, source) for glob, t in groups.items()}
+    return out
+
+
 def parse_config(table: dict, source: str) -> Config:
     """Validate a ``[tool.squeezebench]`` table (already parsed from TOML)."""
     if not isinstance(table, dict):
@@ -192,7 +232,8 @@ def parse_config(table: dict, source: str) -> Config:
             raise ConfigFileError(f"{source}: pairs.{m!r} must be a table of datasets")
         for d, t in per.items():
             pairs[(m, d)] = _check_facts(f"pairs.{m!r}.{d!r}", t, source)
-    return Config(source, default, profiles, models, datasets, pairs)
+    gate = _check_gate(table["gate"], source) if "gate" in table else {}
+    return Config(source, default, profiles, models, datasets, pairs, gate)
 
 
 def load_config(path: str | Path | None = None, rootdir: str | Path | None = None) -> Config:

@@ -102,6 +102,8 @@ class Evaluation:
     n_images: int
     parity_agreement: float  # fraction of top-1 predictions equal to the reference's
     max_abs_logit_diff: float
+    # "measured in this run", or where a cached evaluation came from (Workbench.evaluate's key)
+    source: str = "measured in this run"
 
 
 class Engine(Protocol):

@@ -71,7 +71,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      f"(pytest-benchmark's, {DEFAULT_MIN_TIME})")
     g.addoption("--sb-energy-window", type=float, default=DEFAULT_ENERGY_WINDOW,
                 help="seconds of repeated batch calls after each latency benchmark, measured for energy "
-                     "(NVML on CUDA, RAPL on the CPU, idle power subtracted) and memory; 0 disables. "
+                     "(NVML on CUDA, RAPL on the CPU, idle power subtracted) and memory; with no readable energy "
+                     "counter only a few calls run, for memory; 0 disables. "
                      f"Default: {DEFAULT_ENERGY_WINDOW}")
 
 

@@ -1,6 +1,9 @@
 """What one benchmark record holds in ``extra_info``: the schema reports and gates read."""
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 import numpy as np
 from scipy.stats import binom
 
@@ -50,6 +53,54 @@ def median_ci(values, level: float = 0.95) -> tuple[float, float] | None:
     return float(x[j - 1]), float(x[n - j])
 
 
+LATENCY_BLOCKS = 20
+BLOCKS_METHOD = ("medians of the timed rounds cut into up to {n} consecutive blocks, in time order: what the "
+                 "gate's rank test compares (blocks carry a drift that single rounds hide, and keep a record "
+                 "small)")
+
+
+def latency_blocks(per_image_us: np.ndarray, n_blocks: int = LATENCY_BLOCKS) -> list[float]:
+    """Medians of ``n_blocks`` consecutive, near-equal slices of the rounds (one per round when fewer)."""
+    k = min(n_blocks, len(per_image_us))
+    return [float(np.median(b)) for b in np.array_split(per_image_us, k)] if k else []
+
+
+# Stability: a record whose median's 95 % interval is wider than +-STABLE_REL_HALF_WIDTH of it is
+# measured longer (more rounds, up to STABILITY_EXTRA_FACTOR x its timed seconds), then flagged.
+STABLE_REL_HALF_WIDTH = 0.03
+STABILITY_EXTRA_FACTOR = 2.0
+
+
+def ci_rel_half_width(values) -> float | None:
+    """Half the width of the median's 95 % interval, over the median (None: too few values)."""
+    ci = median_ci(values)
+    if ci is None:
+        return None
+    med = float(np.median(np.asarray(values, dtype=np.float64)))
+    return (ci[1] - ci[0]) / 2 / med if med > 0 else None
+
+
+def measure_until_stable(rounds: list[float], run_once: Callable[[], float], budget_s: float,
+                         target: float = STABLE_REL_HALF_WIDTH) -> dict:
+    """Append timed rounds (``run_once`` returns one call's seconds) to ``rounds`` in place while the
+    median's interval is wider than ``target`` and ``budget_s`` lasts; the record's stability fields."""
+    t_end = time.perf_counter() + max(0.0, budget_s)
+    added, width = 0, ci_rel_half_width(rounds)
+    while (width is None or width > target) and time.perf_counter() < t_end:
+        for _ in range(max(10, len(rounds) // 4)):
+            rounds.append(run_once())
+            added += 1
+            if time.perf_counter() >= t_end:
+                break
+        width = ci_rel_half_width(rounds)
+    stable = width is not None and width <= target
+    how = f"median +-{width:.1%} (95 %)" if width is not None else f"no interval from {len(rounds)} rounds"
+    return {"latency_stable": stable, "latency_ci_rel_halfwidth": width, "latency_extra_rounds": added,
+            "latency_stability": (f"stable: {how}" + (f" after {added} extra rounds" if added else "")) if stable else
+                                 (f"unstable: {how} after {added} extra rounds ({budget_s:.1f} s more at most; "
+                                  f"stable needs +-{target:.0%})")}
+
+
 def latency_fields(round_times_s: list[float] | None, batch: int) -> dict:
     """Per-image latency statistics from per-call times (seconds), labelled with their method."""
     if not round_times_s:
@@ -68,6 +119,8 @@ def latency_fields(round_times_s: list[float] | None, batch: int) -> dict:
         "latency_stddev_us": float(per_image.std(ddof=1)) if len(per_image) > 1 else 0.0,
         "rounds": int(len(t)),
         "latency_p50_ci95_us": list(ci) if ci else None,
+        "latency_blocks_us": latency_blocks(per_image),
+        "latency_blocks_method": BLOCKS_METHOD.format(n=LATENCY_BLOCKS),
         "latency_cv": float(per_image.std(ddof=1) / per_image.mean()) if len(per_image) > 1 and per_image.mean() > 0 else None,
         "latency_ci_method": MEDIAN_CI_METHOD if ci else f"unavailable: {len(t)} rounds (a 95 % interval of the "
                                                            f"median needs at least {MIN_ROUNDS_FOR_CI})",
@@ -188,6 +241,7 @@ def build_extra_info(
         "top1": evaluation.top1,
         "top1_floor": floor,
         "test_images": evaluation.n_images,
+        "evaluation_source": evaluation.source,
         "artifact_bytes": artifact.nbytes,
         "artifact_files": {p.name: p.stat().st_size for p in artifact.files},
         "artifact_format": artifact.format,

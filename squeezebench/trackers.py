@@ -30,6 +30,11 @@ RAPL_ROOT = Path("/sys/class/powercap")
 GPU_MIN_WINDOW_S = 1.0  # NVML's counter / power readings update every few tens of ms to 1 s
 CPU_MIN_WINDOW_S = 0.5  # RAPL updates about every ms; 0.5 s keeps the uJ counter far above noise
 DEFAULT_IDLE_S = 0.5
+# With no energy source (no RAPL access, no GPU), the window only serves the memory tracker: a
+# few calls show the peak RSS growth of one call, so a long window would buy nothing (issue 12:
+# 1 s per record was most of a warm run's time).
+MEMORY_ONLY_CALLS = 3
+MEMORY_ONLY_MIN_S = 0.05
 
 
 # Net energy within this share of the gross reading is indistinguishable from idle (sampling
@@ -159,22 +164,58 @@ def load_nvml() -> tuple[Any | None, str | None]:
     return pynvml, None
 
 
+# GPU energy validity (Zeus, MLPerf power): idle power only once the board's draw has settled;
+# the counter's update period measured, and the window's edges aligned to its updates; the power
+# samples' coverage checked; an uncertainty for every figure, and none above this share.
+SETTLE_MAX_S = 5.0  # give up waiting for clocks to settle after this long: the idle figure is not trusted
+SETTLE_TOL = 0.05  # settled: the last SETTLE_SAMPLES power readings within 5 % of their mean
+SETTLE_SAMPLES = 5
+SETTLE_INTERVAL_S = 0.05
+COUNTER_POLL_S = 0.001  # how often the energy counter is read to see it update
+MIN_COUNTER_UPDATES = 3  # updates seen while idle before its period counts as known
+MIN_PERIODS_PER_WINDOW = 10  # a window shorter than this many counter updates is widened
+MAX_REL_UNCERTAINTY = 0.2
+MAX_GAP_SAMPLES = 3.0  # power sampling: the largest gap between samples, in sample intervals
+
+
+def counter_updates(samples: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (time, value) points where a polled counter changed value (the first reading kept)."""
+    out = samples[:1]
+    for t, v in samples[1:]:
+        if v != out[-1][1]:
+            out.append((t, v))
+    return out
+
+
 class GpuEnergy:
     """GPU board energy from NVML, for the device the workload runs on.
 
     Prefers ``nvmlDeviceGetTotalEnergyConsumption`` (a mJ counter since the driver loaded,
-    Volta and newer); otherwise integrates ``nvmlDeviceGetPowerUsage`` (mW) sampled on a thread.
-    Power is sampled in both cases for the peak."""
+    Volta and newer), which NVML refreshes only every few tens of ms: its update period is measured
+    while idle, and the window starts and ends on counter updates, so the energy read covers
+    exactly the time between them and only calls run in it. Otherwise integrates
+    ``nvmlDeviceGetPowerUsage`` (mW) sampled on a thread, checking that the samples cover the window.
+    Power is sampled in both cases for the peak and for settling before the idle measurement."""
 
     prefix = "energy_gpu"
 
     def __init__(self, sync: Sync = _no_sync, device_index: int | str | None = 0, *, sample_interval_s: float = 0.02,
-                 min_window_s: float = GPU_MIN_WINDOW_S, nvml: Any | None = None):
+                 min_window_s: float = GPU_MIN_WINDOW_S, nvml: Any | None = None,
+                 settle_max_s: float = SETTLE_MAX_S):
         self.sync, self.sample_interval_s, self.min_window_s = sync, sample_interval_s, min_window_s
+        self.settle_max_s = settle_max_s
         self.reason: str | None = None
+        self.invalid: str | None = None  # available, but this measurement cannot be trusted: why
         self.nvml, self.handle, self.mode, self.device = None, None, None, None
         self.idle_w: float | None = None
+        self.idle_w_sd: float = 0.0  # standard error of idle_w
         self.idle_s = 0.0
+        self.settle_s: float | None = None
+        self.period_s: float | None = None
+        self.period_jitter_s: float | None = None
+        self.idle_updates = 0
+        self._e1: float | None = None
+        self._end_call_s = 0.0
         if nvml is None:
             nvml, self.reason = load_nvml()
         if nvml is None:
@@ -221,36 +262,112 @@ class GpuEnergy:
     def _power_w(self) -> float:
         return self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0
 
+    def _wait_update(self, limit_s: float) -> tuple[float, float] | None:
+        """Poll the counter until it changes: (time, new value), or None after ``limit_s``."""
+        v0, t_end = self._energy_j(), time.perf_counter() + limit_s
+        while time.perf_counter() < t_end:
+            time.sleep(COUNTER_POLL_S)
+            v = self._energy_j()
+            if v != v0:
+                return time.perf_counter(), v
+        return None
+
     # idle -----------------------------------------------------------------------------------
+    def settle(self) -> None:
+        """Wait until the board's power draw is steady (clocks drop after work) before idle is measured."""
+        t0, vals = time.perf_counter(), []
+        while True:
+            try:
+                vals.append(self._power_w())
+            except Exception:  # no power reading: nothing to settle on, say so in the method
+                self.settle_s = None
+                return
+            last = vals[-SETTLE_SAMPLES:]
+            m = sum(last) / len(last)
+            if len(last) == SETTLE_SAMPLES and m > 0 and (max(last) - min(last)) <= SETTLE_TOL * m:
+                self.settle_s = time.perf_counter() - t0
+                return
+            if time.perf_counter() - t0 > self.settle_max_s:
+                self.settle_s = None
+                self.invalid = (f"the board's power did not settle within {self.settle_max_s:g} s before the idle "
+                                f"measurement (last readings {', '.join(f'{w:.0f}' for w in last)} W)")
+                return
+            time.sleep(SETTLE_INTERVAL_S)
+
     def start_idle(self) -> None:
         self.sync()
+        self.settle()
         self._idle_t0 = time.perf_counter()
         if self.mode == "counter":
-            self._idle_e0 = self._energy_j()
+            self._idle_sampler = _Sampler(self._energy_j, COUNTER_POLL_S).start()
         else:
             self._idle_sampler = _Sampler(self._power_w, self.sample_interval_s).start()
 
     def stop_idle(self) -> None:
-        t1 = time.perf_counter()
-        self.idle_s = t1 - self._idle_t0
+        samples = self._idle_sampler.stop()
+        self.idle_s = time.perf_counter() - self._idle_t0
         if self.mode == "counter":
-            self.idle_w = (self._energy_j() - self._idle_e0) / self.idle_s if self.idle_s > 0 else None
+            ups = counter_updates(samples)[1:]  # the first reading is no update
+            self.idle_updates = len(ups)
+            if len(ups) < MIN_COUNTER_UPDATES:
+                self.idle_w = None
+                self.invalid = self.invalid or (
+                    f"the energy counter updated {len(ups)} times in {self.idle_s:.2f} s of idle; its period, "
+                    f"and so the window's edges, cannot be known (needs {MIN_COUNTER_UPDATES})")
+                return
+            dts = [b[0] - a[0] for a, b in zip(ups, ups[1:])]
+            self.period_s = _median(dts)
+            self.period_jitter_s = _sd(dts)
+            watts = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(ups, ups[1:]) if b[0] > a[0]]
+            self.idle_w = (ups[-1][1] - ups[0][1]) / (ups[-1][0] - ups[0][0])
+            self.idle_w_sd = _sd(watts) / len(watts) ** 0.5 if len(watts) > 1 else 0.0
+            self.min_window_s = max(self.min_window_s, MIN_PERIODS_PER_WINDOW * self.period_s)
         else:
-            vals = [w for _, w in self._idle_sampler.stop()]
+            vals = [w for _, w in samples]
             self.idle_w = sum(vals) / len(vals) if vals else None
+            self.idle_w_sd = _sd(vals) / len(vals) ** 0.5 if len(vals) > 1 else 0.0
 
     # window ---------------------------------------------------------------------------------
     def __enter__(self) -> "GpuEnergy":
         self.sync()
         self._sampler = _Sampler(self._power_w, self.sample_interval_s).start()
-        self._t0 = time.perf_counter()
-        self._e0 = self._energy_j() if self.mode == "counter" else None
+        self._e1, self._end_call_s = None, 0.0
+        if self.mode == "counter":
+            got = self._wait_update(3 * (self.period_s or 1.0))
+            if got is None:
+                self.invalid = self.invalid or "the energy counter did not update before the window"
+                self._t0, self._e0 = time.perf_counter(), self._energy_j()
+            else:
+                self._t0, self._e0 = got
+        else:
+            self._t0 = time.perf_counter()
         return self
+
+    def ready_to_stop(self, last_call_s: float) -> bool:
+        """Called after each call once the window is long enough: in counter mode, True only
+        once the counter has updated since the previous check (the window then ends on an update,
+        within the last call), so the energy read covers calls only."""
+        if self.mode != "counter" or self.invalid:
+            return True
+        v = self._energy_j()
+        if getattr(self, "_armed", None) is None:
+            self._armed = v
+            return False
+        if v != self._armed:
+            self._t1, self._e1, self._end_call_s = time.perf_counter(), v, last_call_s
+            self._armed = None
+            return True
+        return False
 
     def __exit__(self, *exc) -> None:
         self.sync()
-        self._e1 = self._energy_j() if self.mode == "counter" else None
-        self._t1 = time.perf_counter()
+        if self._e1 is None:
+            self._t1 = time.perf_counter()
+            if self.mode == "counter":
+                self._e1 = self._energy_j()
+                self.invalid = self.invalid or ("the window ended without a counter update: its end is "
+                                                "uncertain by a whole counter period")
+        self._armed = None
         self._samples = self._sampler.stop()
 
     def fields(self, images: int) -> dict:
@@ -259,13 +376,29 @@ class GpuEnergy:
             return {f"{p}_j_per_image": unavailable(self.reason), f"{p}_avg_w": unavailable(self.reason),
                     f"{p}_peak_w": unavailable(self.reason), f"{p}_method": unavailable(self.reason)}
         window = self._t1 - self._t0
-        watts = [w for _, w in self._samples]
+        watts = [w for t, w in self._samples]
         peak = max(watts) if watts else None
+        settle = ("idle power measured once the draw settled "
+                  f"({self.settle_s:.2f} s to within {SETTLE_TOL:.0%})" if self.settle_s is not None
+                  else "idle power measured without a settled power reading")
+        invalid = self.invalid
         if self.mode == "counter":
             gross = self._e1 - self._e0
-            how = "NVML total-energy counter (nvmlDeviceGetTotalEnergyConsumption, mJ)"
+            edge = COUNTER_POLL_S + self._end_call_s  # start: poll latency; end: within the last call
+            how = (f"NVML total-energy counter (nvmlDeviceGetTotalEnergyConsumption, mJ), updating every "
+                   f"{(self.period_s or 0) * 1000:.0f} ms (jitter {(self.period_jitter_s or 0) * 1000:.1f} ms, from "
+                   f"{self.idle_updates} idle updates); window from one counter update to another, calls only")
+            coverage = None
         else:
+            inside = sorted(t for t, _ in self._samples if self._t0 <= t <= self._t1)
+            pts = [self._t0, *inside, self._t1]
+            gap = max((b - a for a, b in zip(pts, pts[1:])), default=window)
+            coverage = min(1.0, len(inside) * self.sample_interval_s / window) if window > 0 else 0.0
+            if gap > MAX_GAP_SAMPLES * self.sample_interval_s and not invalid:
+                invalid = (f"power samples leave a {gap * 1000:.0f} ms gap in the {window:.2f} s window (sampled "
+                           f"every {self.sample_interval_s * 1000:.0f} ms; coverage {coverage:.0%})")
             gross = (sum(watts) / len(watts)) * window if watts else None
+            edge = self.sample_interval_s
             how = (f"NVML power usage (nvmlDeviceGetPowerUsage) sampled every "
                    f"{self.sample_interval_s * 1000:.0f} ms on a thread, mean x window")
         out = {
@@ -273,20 +406,48 @@ class GpuEnergy:
             f"{p}_window_s": round(window, 4),
             f"{p}_idle_w": self.idle_w,
             f"{p}_idle_window_s": round(self.idle_s, 4),
+            f"{p}_idle_settle_s": self.settle_s,
+            f"{p}_counter_period_s": self.period_s,
+            f"{p}_sample_coverage": coverage,
             f"{p}_peak_w": peak if peak is not None else unavailable("no power sample succeeded"),
-            f"{p}_method": (f"{how}; idle power measured for {self.idle_s:.2f} s before the window and "
-                            f"subtracted; device synchronised on both sides; peak from power samples"),
+            f"{p}_method": (f"{how}; {settle}, for {self.idle_s:.2f} s before the window, and subtracted; "
+                            f"device synchronised on both sides; peak from power samples"),
         }
-        if gross is None or self.idle_w is None:
-            why = "no power sample succeeded" if gross is None else "idle power unknown"
+        if gross is None or self.idle_w is None or invalid:
+            why = invalid or ("no power sample succeeded" if gross is None else "idle power unknown")
             return {**out, f"{p}_j_per_image": unavailable(why), f"{p}_avg_w": unavailable(why)}
         net = gross - self.idle_w * window
+        avg = gross / window if window > 0 else 0.0
+        # Edges: the energy of the time the edges may be off by; idle: its standard error over the window.
+        uncertainty = avg * edge + 2 * self.idle_w_sd * window + 0.001
         out[f"{p}_j"] = gross
         out[f"{p}_net_j"] = net
-        out[f"{p}_avg_w"] = gross / window if window > 0 else unavailable("empty window")
-        out[f"{p}_j_per_image"] = (net / images if net > NOISE_FRACTION * gross and images else unavailable(
-            f"energy above idle not measurable: {gross:.3f} J in {window:.2f} s vs idle {self.idle_w:.2f} W"))
+        out[f"{p}_uncertainty_j"] = uncertainty
+        out[f"{p}_avg_w"] = avg if window > 0 else unavailable("empty window")
+        if not (net > NOISE_FRACTION * gross and images):
+            out[f"{p}_j_per_image"] = unavailable(
+                f"energy above idle not measurable: {gross:.3f} J in {window:.2f} s vs idle {self.idle_w:.2f} W")
+        elif uncertainty > MAX_REL_UNCERTAINTY * net:
+            out[f"{p}_j_per_image"] = unavailable(
+                f"uncertainty {uncertainty:.3f} J is {uncertainty / net:.0%} of the {net:.3f} J above idle (more than "
+                f"{MAX_REL_UNCERTAINTY:.0%}): lengthen --sb-energy-window")
+        else:
+            out[f"{p}_j_per_image"] = net / images
+            out[f"{p}_j_per_image_uncertainty"] = uncertainty / images
         return out
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _sd(xs: list[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    m = sum(xs) / len(xs)
+    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
 
 
 # -- CPU energy (RAPL) -------------------------------------------------------------------------
@@ -353,6 +514,9 @@ class RaplEnergy:
         self.idle_s = t1 - self._idle_t0
         d = self._delta_j(self._idle_e0, e1)
         self.idle_w = d / self.idle_s if d is not None and self.idle_s > 0 else None
+
+    def ready_to_stop(self, last_call_s: float) -> bool:
+        return True  # RAPL updates about every ms: any end is as good as another
 
     def __enter__(self) -> "RaplEnergy":
         self.sync()
@@ -489,7 +653,6 @@ def measure_window(
         energy.append(GpuEnergy(sync, gpu_index, nvml=nvml, min_window_s=gpu_min_window_s,
                                 sample_interval_s=sample_interval_s))
     live = [e for e in energy if e.available]
-    window = max([window_s] + [e.min_window_s for e in live])
     if live:
         idle = DEFAULT_IDLE_S if idle_s is None else idle_s
         for e in live:
@@ -497,6 +660,12 @@ def measure_window(
         time.sleep(idle)
         for e in live:
             e.stop_idle()
+    # Energy needs the full window (a counter's own minimum is known after idle); memory alone
+    # needs a few calls (see MEMORY_ONLY_CALLS).
+    window = max([window_s] + [e.min_window_s for e in live]) if live else min(window_s, MEMORY_ONLY_MIN_S)
+    min_calls = 1 if live else MEMORY_ONLY_CALLS
+    # A counter that stops updating must not hold the window open for ever.
+    give_up = window + max([3 * (getattr(e, "period_s", None) or 0.0) for e in live] + [1.0])
     mem = MemoryTracker(sync, cuda=device == "cuda")
     calls = 0
     with contextlib.ExitStack() as stack:
@@ -505,9 +674,12 @@ def measure_window(
             stack.enter_context(e)
         t0 = time.perf_counter()
         while True:
+            c0 = time.perf_counter()
             fn(arg)
             calls += 1
-            if time.perf_counter() - t0 >= window:
+            now = time.perf_counter()
+            if calls >= min_calls and now - t0 >= window and (
+                    all([e.ready_to_stop(now - c0) for e in live]) or now - t0 >= give_up):
                 break
         elapsed = time.perf_counter() - t0
     images = calls * batch
@@ -519,7 +691,9 @@ def measure_window(
         "energy_window_method": (
             f"after the latency timing, the batch call repeated {calls} times for {elapsed:.2f} s "
             f"(at least {window:g} s) on the same preloaded input"
-            + ("; idle power measured just before" if live else "; no energy source here, so no idle measurement")),
+            + ("; idle power measured just before" if live else
+               f"; no energy source here, so no idle measurement and only the memory tracker's {min_calls} "
+               f"calls (--sb-energy-window {window_s:g} s applies when an energy counter is readable)")),
     }
     for t in (*energy, mem):
         out.update(t.fields(images))

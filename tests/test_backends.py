@@ -1,10 +1,12 @@
 """Backends on a tiny trained model: parity with torch-cpu, honest bytes, skip reasons."""
+import importlib.metadata
 import importlib.util
 
 import numpy as np
 import pytest
 import torch
 
+from squeezebench import machine
 from squeezebench.backends import BackendUnavailable, get_backend, list_backends
 from squeezebench.training import TrainConfig
 
@@ -34,6 +36,35 @@ def test_parity_with_torch_cpu(tiny_workbench, tiny_variant, backend):
     assert ev.max_abs_logit_diff < 1e-3
     assert ev.top1 == pytest.approx(ref.top1, abs=1.0)
     assert ev.top1 > 60, "the tiny task is learnable; a broken backend would be near chance (25%)"
+
+
+def test_evaluation_is_cached_by_what_it_depends_on(tmp_path, tiny_dataset):
+    """A second run on the same cache reads the evaluation back and says so; a tampered entry is
+    rebuilt by measuring again; a different thread count is a different entry."""
+    from conftest import new_tiny_workbench
+
+    cfg = TrainConfig(epochs=2, lr=3e-3, batch_size=64)
+    first = new_tiny_workbench(tmp_path, tiny_dataset)
+    ev = first.evaluate(first.train("lenet5", "tiny", cfg), "torch-cpu")
+    assert ev.source == "measured in this run"
+
+    again = new_tiny_workbench(tmp_path, tiny_dataset)
+    v = again.train("lenet5", "tiny", cfg)
+    cached = again.evaluate(v, "torch-cpu")
+    assert cached.source.startswith("cached: evaluations/")
+    assert (cached.top1, cached.parity_agreement, cached.max_abs_logit_diff) == (
+        ev.top1, ev.parity_agreement, ev.max_abs_logit_diff)
+
+    (entry,) = (tmp_path / "cache" / "evaluations").iterdir()
+    (entry / "evaluation.json").write_text('{"top1": 100.0}')  # tampered: fails the manifest check
+    third = new_tiny_workbench(tmp_path, tiny_dataset)
+    rebuilt = third.evaluate(third.train("lenet5", "tiny", cfg), "torch-cpu")
+    assert rebuilt.source == "measured in this run" and rebuilt.top1 == ev.top1
+
+    key = third.evaluation_key(v, "torch-cpu")
+    assert key["threads"] == 1 and key["cpu"] == machine.cpu_identity()
+    assert key["versions"]["torch"] == importlib.metadata.version("torch")
+    assert key["artifact"] and key["dataset"] == tiny_dataset.fingerprint
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

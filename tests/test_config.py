@@ -55,7 +55,7 @@ def test_no_file_or_no_table_is_an_empty_config(tmp_path):
 
 
 @pytest.mark.parametrize("table,message", [
-    ({"modles": {}}, "unknown key tool.squeezebench.modles; known keys: datasets, models, pairs, profile, profiles"),
+    ({"modles": {}}, "unknown key tool.squeezebench.modles; known keys: datasets, gate, models, pairs, profile, profiles"),
     ({"models": {"m": {"flor": 1}}}, "unknown key models.'m'.flor; known keys: recipe"),
     ({"models": {"m": {"floor": "high"}}}, "models.'m'.floor must be top-1 floor"),
     ({"models": {"m": {"floor": True}}}, "models.'m'.floor must be"),

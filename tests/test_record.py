@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from squeezebench.record import benchmark_rounds, latency_fields
+from squeezebench.domain import Evaluation
 
 
 def test_percentiles_of_known_samples():
@@ -111,7 +112,7 @@ def _fake_record(tmp_path, *, backend="onnxruntime", top1=98.5, parity=1.0, vari
     case = SimpleNamespace(model="lenet300_100", dataset="mnist", variant="fp32", backend=backend, batch=1)
     artifact = SimpleNamespace(nbytes=10, files=[f], format="onnx")
     session = SimpleNamespace(facts=lambda: dict(runtime or {}), threads=1, device_name="cpu")
-    ev = SimpleNamespace(top1=top1, n_images=10000, parity_agreement=parity, max_abs_logit_diff=0.0)
+    ev = Evaluation(top1=top1, n_images=10000, parity_agreement=parity, max_abs_logit_diff=0.0)
     static = {"params": 1, "nonzero_params": 1, "macs": 1}
     return build_extra_info(case, variant or _fake_variant(), artifact, session, ev, static, 98.0, [1e-4, 2e-4],
                             extra={"top1_floor_rule": "floor for lenet300_100 on mnist"})
@@ -271,3 +272,35 @@ def test_latency_fields_carry_the_interval_and_cv_or_say_why_not():
     assert 0 < f["latency_cv"] < 0.2 and f["latency_ci_method"].startswith("distribution-free 95 %")
     few = latency_fields([1e-4, 2e-4, 3e-4], batch=1)
     assert few["latency_p50_ci95_us"] is None and few["latency_ci_method"].startswith("unavailable: 3 rounds")
+
+
+def test_latency_blocks_are_medians_of_consecutive_slices_in_time_order():
+    from squeezebench.record import LATENCY_BLOCKS, latency_fields
+
+    rounds = [1e-4] * 50 + [2e-4] * 50  # a step halfway through the run
+    f = latency_fields(rounds, batch=1)
+    blocks = f["latency_blocks_us"]
+    assert len(blocks) == LATENCY_BLOCKS
+    assert blocks[0] == pytest.approx(100.0) and blocks[-1] == pytest.approx(200.0)  # the drift stays visible
+    assert blocks == sorted(blocks)
+    few = latency_fields([1e-4, 3e-4, 2e-4], batch=2)
+    assert few["latency_blocks_us"] == pytest.approx([50.0, 150.0, 100.0])  # one block per round
+
+
+def test_a_wide_interval_is_measured_longer_then_flagged_unstable():
+    from squeezebench.record import ci_rel_half_width, measure_until_stable
+
+    rng = np.random.default_rng(0)
+    rounds = list(1e-4 * rng.lognormal(0, 0.3, 8))  # 8 noisy rounds: a wide interval
+    assert ci_rel_half_width(rounds) > 0.03
+    f = measure_until_stable(rounds, lambda: float(1e-4 * rng.lognormal(0, 0.3)), budget_s=2.0)
+    assert f["latency_stable"] and f["latency_extra_rounds"] == len(rounds) - 8 > 0
+    assert f["latency_ci_rel_halfwidth"] <= 0.03 and f["latency_stability"].startswith("stable: median +-")
+
+    steady = [1e-4] * 50
+    f = measure_until_stable(steady, lambda: pytest.fail("a stable record needs no more rounds"), budget_s=2.0)
+    assert f["latency_stable"] and f["latency_extra_rounds"] == 0
+
+    wild = list(1e-4 * rng.lognormal(0, 2.0, 8))
+    f = measure_until_stable(wild, lambda: float(1e-4 * rng.lognormal(0, 2.0)), budget_s=0.0)  # cap reached
+    assert not f["latency_stable"] and f["latency_stability"].startswith("unstable: median +-")

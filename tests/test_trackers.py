@@ -1,6 +1,7 @@
 """Energy and memory trackers against a fake NVML, fake RAPL files, and their absence."""
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -269,14 +270,25 @@ def test_memory_tracker_sees_peak_rss_growth():
     assert "mem_cuda_max_allocated_bytes" not in f
 
 
-def test_window_runs_at_least_its_length_and_reports(tmp_path):
+def test_window_without_an_energy_source_runs_only_the_memory_calls(tmp_path):
     calls = []
-    f = measure_window(lambda x: calls.append(x), 7, batch=4, window_s=0.1, rapl_root=tmp_path)
-    assert f["energy_calls"] == len(calls) > 0 and set(calls) == {7}
-    assert f["energy_window_s"] >= 0.1 and f["energy_images"] == 4 * len(calls)
-    assert "after the latency timing" in f["energy_window_method"]
+    t0 = time.perf_counter()
+    f = measure_window(lambda x: calls.append(x), 7, batch=4, window_s=5.0, rapl_root=tmp_path)  # no RAPL zones
+    assert time.perf_counter() - t0 < 2.0  # not the 5 s window: nothing would measure energy in it
+    assert f["energy_calls"] == len(calls) >= trackers.MEMORY_ONLY_CALLS and set(calls) == {7}
+    assert f["energy_images"] == 4 * len(calls)
+    assert "no energy source here" in f["energy_window_method"] and "5 s applies" in f["energy_window_method"]
     assert f["energy_cpu_j_per_image"].startswith("unavailable")
     assert isinstance(f["mem_rss_peak_growth_bytes"], int)
+
+
+def test_window_with_an_energy_source_runs_its_full_length(tmp_path):
+    _zone(tmp_path, "intel-rapl:0", 1000)
+    calls = []
+    f = measure_window(lambda x: calls.append(x), 7, batch=4, window_s=0.3, rapl_root=tmp_path, idle_s=0.05,
+                       cpu_min_window_s=0.1)
+    assert f["energy_window_s"] >= 0.3 and f["energy_calls"] == len(calls) > 0
+    assert "idle power measured just before" in f["energy_window_method"]
 
 
 def test_window_zero_disables():
@@ -348,3 +360,164 @@ def test_mig_instance_is_matched_and_reported_unavailable():
 def test_no_uuid_from_torch_is_unavailable():
     g = GpuEnergy(device_index=None, nvml=MultiGpuNvml())
     assert not g.available and "exposes no UUID" in g.reason
+
+
+# -- GPU energy validity against a realistic counter -----------------------------------------------
+class CoarseNvml(FakeNvml):
+    """NVML as real boards behave: the energy counter (and the power reading) refresh only every
+    ``period`` s, with uniform ``jitter``, publishing the energy integrated up to the refresh; after
+    work stops the draw decays to idle with time constant ``tau`` (clocks winding down); with
+    ``stall_after`` the counter stops refreshing that many seconds after creation."""
+
+    def __init__(self, period: float = 0.1, jitter: float = 0.015, tau: float = 0.0,
+                 stall_after: float | None = None, **kw):
+        super().__init__(**kw)
+        import random
+
+        self.period, self.jitter, self.tau, self.rng = period, jitter, tau, random.Random(0)
+        self._busy_end: float | None = None
+        self._born = self._t
+        self.stall_at = None if stall_after is None else self._t + stall_after
+        self._shown_mj = int(self._j * 1000)
+        self._shown_w = self.idle_w
+        self._next = self._t + self._gap()
+        self.updates: list[float] = []
+
+    def _gap(self) -> float:
+        return self.period + self.rng.uniform(-self.jitter, self.jitter)
+
+    def _power(self, t: float) -> float:
+        if self.busy:
+            return self.busy_w
+        if self.tau and self._busy_end is not None:
+            import math
+
+            return self.idle_w + (self.busy_w - self.idle_w) * math.exp(-(t - self._busy_end) / self.tau)
+        return self.idle_w
+
+    def _advance(self) -> None:
+        now = time.perf_counter()
+        while self._next <= now and (self.stall_at is None or self._next < self.stall_at):
+            self._j += self._power(self._t) * (self._next - self._t)
+            self._t = self._next
+            self._shown_mj, self._shown_w = int(self._j * 1000), self._power(self._t)
+            self.updates.append(self._t)
+            self._next += self._gap()
+        if self.stall_at is not None and self._next >= self.stall_at:
+            self._next = float("inf")
+        self._j += self._power(self._t) * (now - self._t)
+        self._t = now
+
+    def set_busy(self, busy: bool) -> None:
+        self._advance()
+        if self.busy and not busy:
+            self._busy_end = self._t
+        self.busy = busy
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        if not self.counter:
+            raise self.NVMLError("Not Supported")
+        self._advance()
+        return self._shown_mj
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        self._advance()
+        return int(self._shown_w * 1000)
+
+
+def _coarse_window(fake: CoarseNvml, window_s: float = 1.0, idle_s: float = 0.6, **kw) -> dict:
+    def work(_):
+        fake.set_busy(True)
+        time.sleep(0.003)
+
+    try:
+        return measure_window(work, None, batch=4, window_s=window_s, device="cuda", idle_s=idle_s,
+                              gpu_min_window_s=window_s, sample_interval_s=0.01, rapl_root="/nonexistent", nvml=fake,
+                              gpu_index=0, **kw)
+    finally:
+        fake.set_busy(False)
+
+
+def test_coarse_counter_period_is_measured_and_the_window_is_aligned_to_it():
+    fake = CoarseNvml(period=0.1, jitter=0.015)
+    f = _coarse_window(fake)
+    assert f["energy_gpu_counter_period_s"] == pytest.approx(0.1, abs=0.01)
+    assert re.search(r"updating every (9\d|10\d|110) ms", f["energy_gpu_method"]) and "calls only" in f["energy_gpu_method"]
+    # The window runs from one counter update to another (to the poll's resolution)...
+    window = f["energy_gpu_window_s"]
+    assert window >= 1.0
+    # ...so the energy per image is right to a few percent, where a read at arbitrary instants of a
+    # 100 ms counter could be off by 2 x 100 ms x 150 W = 30 J in a 1 s window (20 %).
+    truth = (150.0 - 50.0) * window / f["energy_images"]
+    assert f["energy_gpu_j_per_image"] == pytest.approx(truth, rel=0.05)
+    assert f["energy_gpu_idle_w"] == pytest.approx(50.0, rel=0.03)
+    assert 0 < f["energy_gpu_uncertainty_j"] < 0.2 * f["energy_gpu_net_j"]
+    assert f["energy_gpu_j_per_image_uncertainty"] == pytest.approx(f["energy_gpu_uncertainty_j"] / f["energy_images"])
+
+
+def test_window_is_widened_to_ten_counter_periods():
+    fake = CoarseNvml(period=0.08, jitter=0.01)
+    f = _coarse_window(fake, window_s=0.2)
+    assert f["energy_window_min_s"] >= 10 * f["energy_gpu_counter_period_s"] * 0.99
+    assert f["energy_gpu_window_s"] >= 0.75
+
+
+def test_idle_waits_for_the_draw_to_settle():
+    fake = CoarseNvml(period=0.02, jitter=0.003, tau=0.15)
+    fake.set_busy(True)
+    time.sleep(0.05)
+    fake.set_busy(False)  # the board is still hot: power decays to idle over ~0.5 s
+    f = _coarse_window(fake, window_s=0.5, idle_s=0.3)
+    assert f["energy_gpu_idle_settle_s"] > 0.2
+    assert f["energy_gpu_idle_w"] == pytest.approx(50.0, rel=0.05)  # not the hot board's draw
+    assert "settled" in f["energy_gpu_method"]
+
+
+def test_a_draw_that_never_settles_is_unavailable(monkeypatch):
+    fake = CoarseNvml(period=0.02, jitter=0.003, tau=1.0)  # still cooling after the 0.3 s allowed
+    fake.set_busy(True)
+    time.sleep(0.02)
+    fake.set_busy(False)
+    monkeypatch.setattr(trackers, "SETTLE_MAX_S", 0.3)
+    g = GpuEnergy(nvml=fake, settle_max_s=0.3)
+    g.start_idle()
+    time.sleep(0.1)
+    g.stop_idle()
+    with g:
+        time.sleep(0.05)
+    assert g.fields(10)["energy_gpu_j_per_image"].startswith("unavailable: the board's power did not settle")
+
+
+def test_a_counter_that_stops_updating_is_unavailable():
+    fake = CoarseNvml(period=0.05, jitter=0.005, stall_after=0.9)
+    time.sleep(0.0)
+    f = _coarse_window(fake, window_s=0.5, idle_s=0.4)
+    assert f["energy_gpu_j_per_image"].startswith("unavailable: ")
+    assert "counter" in f["energy_gpu_j_per_image"]
+    assert f["energy_window_s"] < 0.5 + 3 * 0.05 + 1.5  # the window gave up instead of waiting for ever
+
+
+def test_a_counter_too_coarse_for_the_idle_measurement_is_unavailable():
+    fake = CoarseNvml(period=0.5, jitter=0.0)
+    f = _coarse_window(fake, window_s=0.3, idle_s=0.3)
+    assert f["energy_gpu_j_per_image"].startswith("unavailable: the energy counter updated")
+
+
+def test_power_sampling_with_gaps_is_unavailable():
+    class Stalling(CoarseNvml):
+        def nvmlDeviceGetPowerUsage(self, h):
+            if self.busy and self.rng.random() < 0.3:
+                time.sleep(0.06)  # a driver call that blocks: the sampler misses the window's middle
+            return super().nvmlDeviceGetPowerUsage(h)
+
+    fake = Stalling(period=0.01, jitter=0.0, counter=False)
+    f = _coarse_window(fake, window_s=0.5, idle_s=0.2)
+    assert f["energy_gpu_j_per_image"].startswith("unavailable: power samples leave a")
+    assert f["energy_gpu_sample_coverage"] < 1.0
+
+
+def test_power_sampling_with_full_coverage_reports_an_uncertainty():
+    fake = CoarseNvml(period=0.01, jitter=0.002, counter=False)
+    f = _coarse_window(fake, window_s=0.6, idle_s=0.3)
+    assert f["energy_gpu_sample_coverage"] > 0.5
+    assert isinstance(f["energy_gpu_j_per_image"], float) and f["energy_gpu_uncertainty_j"] > 0

@@ -18,7 +18,7 @@ def _parser(prog: str = "squeezebench") -> argparse.ArgumentParser:
         description="Reports and regression gates from saved pytest-benchmark histories "
                     "(.benchmarks/<machine>/NNNN_*.json). Reads only; never reruns a benchmark. "
                     "Unreadable files are named on stderr and the others are still read.",
-        epilog="views: summary, speedups, paper, plots, markdown, html, compare. "
+        epilog="views: summary, speedups, paper, plots, markdown, html, compare, trend. "
                f"'{prog} VIEW --help' for each one's options.")
     sub = p.add_subparsers(dest="view", metavar="VIEW", required=True)
 
@@ -63,35 +63,65 @@ def _parser(prog: str = "squeezebench") -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compare", help="regression gate: exit 1 when NEW regresses against BASE",
         description="Direction-aware gate. Regressions: top-1 lower by more than --top1-tol; artifact_bytes "
-                    "or compressed_bytes larger by more than --size-tol; latency slower, judged as the ratio of "
-                    "each record's per_image_us to the fp32 torch-cpu record of the same model/dataset/batch in "
-                    "the same run (BASE's ratio vs NEW's, so a uniformly slower machine does not fail); energy "
-                    "per image higher by more than --energy-tol. Absolute times are shown, gated only with "
-                    "--gate-absolute. Records of BASE missing in NEW fail unless --allow-missing. "
+                    "or compressed_bytes larger by more than --size-tol; latency slower: NEW's block medians, "
+                    "divided by the machine-speed factor of the two runs (median NEW/BASE over all records), "
+                    "against BASE's by a one-sided Mann-Whitney U test, failing when p < --latency-alpha and "
+                    "the slowdown exceeds --latency-tol (records without blocks: the ratio to the same run's "
+                    "fp32 torch-cpu record); energy per image higher by more than --energy-tol; the int8 "
+                    "share of MACs lower by more than --int8-share-tol; a number turning unavailable. "
+                    "Tolerances per group of test ids come from [tool.squeezebench.gate] in pyproject.toml; "
+                    "options override them. Absolute times are shown, gated only with --gate-absolute. "
+                    "Records of BASE missing in NEW fail unless --allow-missing. "
                     "A record whose guardrail or parity check failed is invalid: every invalid record in "
                     "NEW fails; an invalid BASE record is no baseline (not compared, fails nothing). "
-                    "Exit 0: nothing regressed; 1: something did; 2: a history could not be read.")
-    c.add_argument("base", metavar="BASE", help="the history before (file, or directory: its newest)")
-    c.add_argument("new", metavar="NEW", help="the history after (file, or directory: its newest)")
-    c.add_argument("--top1-tol", type=float, default=DEFAULTS["top1_tol"],
-                   help=f"allowed top-1 drop in percentage points. Default: {DEFAULTS['top1_tol']}")
-    c.add_argument("--size-tol", type=float, default=DEFAULTS["size_tol"],
-                   help=f"allowed relative growth of artifact_bytes/compressed_bytes. Default: {DEFAULTS['size_tol']}")
-    c.add_argument("--latency-tol", type=float, default=DEFAULTS["latency_tol"],
-                   help="allowed relative growth of the in-run latency ratio (and of absolute time with "
-                        f"--gate-absolute). Default: {DEFAULTS['latency_tol']}")
-    c.add_argument("--energy-tol", type=float, default=DEFAULTS["energy_tol"],
-                   help=f"allowed relative growth of energy per image. Default: {DEFAULTS['energy_tol']}")
+                    "Exit 0: nothing regressed; 1: something did; 2: a history or the config could not be read.")
+    c.add_argument("base", metavar="BASE", help="the history before (file, or directory: its newest); several "
+                                                "files joined by commas are pooled as runs of one commit")
+    c.add_argument("new", metavar="NEW", help="the history after, as BASE")
+    c.add_argument("--config", default=None,
+                   help="pyproject.toml (or TOML file) whose [tool.squeezebench.gate] holds the tolerances. "
+                        "Default: ./pyproject.toml when it has that table, else the built-in tolerances")
+    c.add_argument("--top1-tol", type=float, default=None,
+                   help=f"allowed top-1 drop in percentage points. Default: config, else {DEFAULTS['top1_tol']}")
+    c.add_argument("--size-tol", type=float, default=None,
+                   help="allowed relative growth of artifact_bytes/compressed_bytes. "
+                        f"Default: config, else {DEFAULTS['size_tol']}")
+    c.add_argument("--latency-tol", type=float, default=None,
+                   help="allowed normalised slowdown (and in-run ratio growth; absolute time with "
+                        f"--gate-absolute). Default: config, else {DEFAULTS['latency_tol']}")
+    c.add_argument("--latency-alpha", type=float, default=None,
+                   help="significance level of the latency rank test. Default: config, else 0.001")
+    c.add_argument("--latency", choices=("auto", "ratio", "off"), default="auto",
+                   help="auto: rank test on blocks where both records have them, else in-run ratio; ratio: "
+                        "in-run ratio only; off: latency not gated (histories of other machines, e.g. a "
+                        "committed reference). Default: auto")
+    c.add_argument("--energy-tol", type=float, default=None,
+                   help=f"allowed relative growth of energy per image. Default: config, else {DEFAULTS['energy_tol']}")
+    c.add_argument("--int8-share-tol", type=float, default=None,
+                   help="allowed drop of the share of MACs run in int8. Default: config, else 0.05")
     c.add_argument("--gate-absolute", action="store_true",
                    help="also fail on absolute per-image time (same machine, quiet runs only). Default: off")
     c.add_argument("--allow-missing", action="store_true",
                    help="records of BASE absent from NEW are reported but do not fail. Default: off")
     c.add_argument("--baseline-backend", default="torch-cpu",
-                   help="backend of the fp32 record latency ratios divide by. Default: torch-cpu")
+                   help="backend of the fp32 record in-run latency ratios divide by. Default: torch-cpu")
     c.add_argument("--latency-stat", choices=("median", "min", "mean"), default="median",
-                   help="per-image statistic the latency ratio uses: median (per_image_us), min (fastest "
-                        "round: steadier on a machine shared with other load) or mean. Default: median")
+                   help="per-image statistic: median (rank test on blocks), or min (fastest round) / mean, "
+                        "judged by in-run ratio. Default: median")
     c.add_argument("--quiet", action="store_true", help="print only regressions, missing records and the verdict")
+
+    t = sub.add_parser("trend", help="each record's metric across the saved runs of one machine, in commit "
+                                     "order, with the gate's verdicts: a table and a plot per machine")
+    t.add_argument("histories", nargs="*", metavar="HISTORY",
+                   help="pytest-benchmark JSON files or directories (every NNNN_*.json in them). Default: .benchmarks")
+    t.add_argument("--metric", default="per_image_us",
+                   help="per_image_us, top1, artifact_bytes, compressed_bytes, int8_share, energy_cpu_j_per_image "
+                        "or energy_gpu_j_per_image. Default: per_image_us")
+    t.add_argument("--match", default="*", help="glob over record ids (model-dataset-variant-backend-bN). Default: *")
+    t.add_argument("--config", default=None, help="TOML with [tool.squeezebench.gate] for the verdicts. "
+                                                  "Default: ./pyproject.toml when it has the table")
+    t.add_argument("-o", "--output", type=Path, default=Path("reports/out"),
+                   help="directory for trend_<machine>.png. Default: reports/out")
     return p
 
 
@@ -211,14 +241,24 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     from squeezebench.reports.compare import INVALID, MISSING, REGRESSED, compare_runs
 
+    from squeezebench.config import ConfigFileError
+    from squeezebench.reports.gate import pooled
+
     try:
-        base, new = _one(args.base), _one(args.new)
+        base = pooled([_one(x) for x in args.base.split(",")])
+        new = pooled([_one(x) for x in args.new.split(",")])
     except HistoryError as e:
         print(f"reports: {e}", file=sys.stderr)
         return 2
-    res = compare_runs(base, new, top1_tol=args.top1_tol, size_tol=args.size_tol, latency_tol=args.latency_tol,
-                       energy_tol=args.energy_tol, gate_absolute=args.gate_absolute,
-                       ratio_backend=args.baseline_backend, latency_stat=args.latency_stat)
+    try:
+        policy = _gate_policy(args, {"top1_tol": args.top1_tol, "size_tol": args.size_tol,
+                                     "latency_tol": args.latency_tol, "energy_tol": args.energy_tol,
+                                     "latency_alpha": args.latency_alpha, "int8_share_tol": args.int8_share_tol})
+    except (ConfigFileError, ValueError) as e:
+        print(f"reports: {e}", file=sys.stderr)
+        return 2
+    res = compare_runs(base, new, policy=policy, gate_absolute=args.gate_absolute,
+                       ratio_backend=args.baseline_backend, latency_stat=args.latency_stat, latency=args.latency)
     print(f"BASE {base.path} ({base.machine.label}, commit {base.commit})")
     print(f"NEW  {new.path} ({new.machine.label}, commit {new.commit})")
     for note in res.notes:
@@ -239,10 +279,49 @@ def cmd_compare(args) -> int:
     return 1 if failed else 0
 
 
+def _gate_policy(args, overrides: dict | None = None):
+    from squeezebench.config import load_config
+    from squeezebench.reports.gate import GatePolicy
+
+    cfg = load_config(args.config, rootdir=None if args.config else Path.cwd())
+    return GatePolicy.from_config(cfg.gate, overrides)
+
+
+def cmd_trend(args) -> int:
+    from squeezebench.config import ConfigFileError
+    from squeezebench.reports.history import group_by_machine
+    from squeezebench.reports.plots import _slug
+    from squeezebench.reports.trend import plot, table, trend
+
+    hs = load_histories(args.histories, every=True)
+    if not hs:
+        print("reports: no readable history; nothing to report", file=sys.stderr)
+        return 1
+    try:
+        policy = _gate_policy(args)
+    except (ConfigFileError, ValueError) as e:
+        print(f"reports: {e}", file=sys.stderr)
+        return 2
+    for key, runs in group_by_machine(hs).items():
+        try:
+            t = trend(runs, args.metric, args.match, policy)
+        except ValueError as e:
+            print(f"reports: {e}", file=sys.stderr)
+            return 2
+        print(f"machine: {runs[0].machine.label}: {len(runs)} runs")
+        if not t.ids:
+            print(f"  no record matches {args.match!r}")
+            continue
+        print(table(t).text())
+        png = plot(t, args.output / f"trend_{_slug(runs[0].machine.label)[:60]}_{args.metric}.png")
+        print(f"plot: {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None, prog: str = "squeezebench") -> int:
     args = _parser(prog).parse_args(argv)
     handlers = {"summary": cmd_summary, "speedups": cmd_speedups, "paper": cmd_paper, "plots": cmd_plots, "markdown": cmd_report,
-                "html": cmd_report, "compare": cmd_compare}
+                "html": cmd_report, "compare": cmd_compare, "trend": cmd_trend}
     try:
         return handlers[args.view](args)
     except BrokenPipeError:  # `python -m reports paper | head`
