@@ -107,15 +107,21 @@ class Config:
         return None
 
 
-def _check_facts(where: str, table: Any, source: str) -> dict[str, Any]:
+def _known_items(where: str, table: Any, source: str, known: dict[str, str]):
+    """(raw key, normalised key, value) of a table whose keys must all be ``known`` (key -> what)."""
     if not isinstance(table, dict):
         raise ConfigFileError(f"{source}: {where} must be a table, got {type(table).__name__}")
-    out = {}
     for raw, value in table.items():
         key = _norm(raw)
-        if key not in FACT_KEYS:
+        if key not in known:
             raise ConfigFileError(f"{source}: unknown key {where}.{raw}; known keys: "
-                                  + ", ".join(f"{k} ({d})" for k, (_, d) in FACT_KEYS.items()))
+                                  + ", ".join(f"{k} ({d})" for k, d in known.items()))
+        yield raw, key, value
+
+
+def _check_facts(where: str, table: Any, source: str) -> dict[str, Any]:
+    out = {}
+    for raw, key, value in _known_items(where, table, source, {k: d for k, (_, d) in FACT_KEYS.items()}):
         types, what = FACT_KEYS[key]
         if isinstance(value, bool) or not isinstance(value, types):
             raise ConfigFileError(f"{source}: {where}.{raw} must be {what}; got {value!r}")
@@ -181,14 +187,8 @@ def _check_profile(where: str, table: Any, source: str) -> dict[str, list]:
 
 
 def _check_tolerances(where: str, table: Any, source: str) -> dict[str, float]:
-    if not isinstance(table, dict):
-        raise ConfigFileError(f"{source}: {where} must be a table, got {type(table).__name__}")
     out = {}
-    for raw, value in table.items():
-        key = _norm(raw)
-        if key not in GATE_KEYS:
-            raise ConfigFileError(f"{source}: unknown key {where}.{raw}; known keys: "
-                                  + ", ".join(f"{k} ({d})" for k, d in GATE_KEYS.items()))
+    for raw, key, value in _known_items(where, table, source, GATE_KEYS):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigFileError(f"{source}: {where}.{raw} must be a number >= 0 ({GATE_KEYS[key]}); got {value!r}")
         if key == "latency-alpha" and not 0 < value < 1:

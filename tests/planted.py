@@ -1,9 +1,10 @@
 """Test-only pytest plugin: planted slowdowns for measuring the gate's power (`-p planted`).
 
 It re-registers the ``onnxruntime`` backend as a wrapper around the real one whose sessions, in
-the benchmark records whose test id matches ``SQUEEZEBENCH_PLANT_ID`` (an fnmatch glob), busy-wait
-``SQUEEZEBENCH_PLANT_FRACTION`` of each call's own time after the call: a real, proportional
-slowdown of the runtime's work, with the same record keys as an unplanted run. Runs without a
+the benchmark records whose test id matches a glob of ``SQUEEZEBENCH_PLANT`` (``glob=fraction``
+pairs joined by commas, e.g. ``*-fp32-onnxruntime-b*=0.2``), busy-wait that fraction of each
+call's own time after the call: a real, proportional slowdown of the runtime's work, with the
+same record keys as an unplanted run. Runs without a
 plant load the same wrapper (fraction 0), so both sides of a comparison pay its bookkeeping.
 Each planted record says so in ``runtime.planted_slowdown``.
 """
@@ -20,9 +21,9 @@ import torch
 
 from squeezebench.backends import Artifact, Session, get_backend, register_backend
 
-FRACTION = float(os.environ.get("SQUEEZEBENCH_PLANT_FRACTION", "0") or 0)
-PATTERN = os.environ.get("SQUEEZEBENCH_PLANT_ID", "")
-_state = {"slow": False}
+PLANTS = [(glob, float(frac)) for glob, _, frac in
+          (item.rpartition("=") for item in os.environ.get("SQUEEZEBENCH_PLANT", "").split(",") if item)]
+_state = {"fraction": 0.0}
 _Real = get_backend("onnxruntime")
 
 
@@ -38,8 +39,8 @@ class PlantedSession(Session):
     def run(self, prepared: Any) -> Any:
         t0 = time.perf_counter()
         out = self.inner.run(prepared)
-        if _state["slow"]:
-            end = t0 + (time.perf_counter() - t0) * (1.0 + FRACTION)
+        if _state["fraction"]:
+            end = t0 + (time.perf_counter() - t0) * (1.0 + _state["fraction"])
             while time.perf_counter() < end:  # busy: the core stays as occupied as by real work
                 pass
         return out
@@ -48,7 +49,7 @@ class PlantedSession(Session):
         return self.inner.to_numpy(out)
 
     def facts(self) -> dict:
-        return {**self.inner.facts(), "planted_slowdown": FRACTION if _state["slow"] else 0.0}
+        return {**self.inner.facts(), "planted_slowdown": _state["fraction"]}
 
 
 @register_backend
@@ -62,4 +63,4 @@ class PlantedOnnxRuntime(_Real):  # type: ignore[valid-type, misc]
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     callspec = getattr(item, "callspec", None)
-    _state["slow"] = bool(FRACTION and PATTERN and callspec and fnmatch.fnmatchcase(callspec.id, PATTERN))
+    _state["fraction"] = next((f for glob, f in PLANTS if callspec and fnmatch.fnmatchcase(callspec.id, glob)), 0.0)

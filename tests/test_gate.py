@@ -267,14 +267,13 @@ def test_ab_path_end_to_end_catches_a_planted_slowdown_and_passes_itself(tmp_pat
               "--sb-variants", "fp32,int8-dynamic", "--sb-backends", "torch-cpu,onnxruntime", "--sb-batches", "1,4",
               "--sb-threads", "1", "--sb-min-time", "0.3", "--sb-warmup-time", "0.05", "--sb-energy-window", "0")
     runs = {}
-    for name, fraction in (("a1", "0"), ("a2", "0"), ("b", "2.0")):
-        os.environ["SQUEEZEBENCH_PLANT_FRACTION"] = fraction
-        os.environ["SQUEEZEBENCH_PLANT_ID"] = "*-fp32-onnxruntime-b4"
+    for name, plant in (("a1", ""), ("a2", ""), ("b", "*-fp32-onnxruntime-b4=2.0")):
+        os.environ["SQUEEZEBENCH_PLANT"] = plant
         try:
             r, out = run_bench(*common, f"--benchmark-json={tmp_path / name}.json", tmp_path=tmp_path,
                                pythonpath=tests_dir)
         finally:
-            del os.environ["SQUEEZEBENCH_PLANT_FRACTION"], os.environ["SQUEEZEBENCH_PLANT_ID"]
+            del os.environ["SQUEEZEBENCH_PLANT"]
         assert r.returncode == 0, out[-3000:]
         runs[name] = tmp_path / f"{name}.json"
     planted_rec = [b for b in json.loads(runs["b"].read_text())["benchmarks"]
