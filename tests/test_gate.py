@@ -11,7 +11,7 @@ import pytest
 
 from squeezebench.config import GATE_KEYS, ConfigFileError, load_config
 from squeezebench.reports.cli import main
-from squeezebench.reports.compare import IMPROVED, OK, REGRESSED, compare_runs
+from squeezebench.reports.compare import IMPROVED, REGRESSED, compare_runs
 from squeezebench.reports.gate import (
     TOLERANCE_KEYS, GatePolicy, Tolerances, latency_test, machine_factor, pooled, record_id,
 )

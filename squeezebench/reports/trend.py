@@ -105,7 +105,7 @@ def plot(t: Trend, out: Path) -> Path:
         pts = [(x, v) for x, v in zip(xs, t.values[i]) if v is not None]
         if not pts:
             continue
-        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=i)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=i)
         for x, (v, m) in enumerate(zip(t.values[i], t.marks[i])):
             if m and v is not None:
                 ax.plot([x], [v], marker="^" if m == REGRESSED else ("v" if m == IMPROVED else "x"), ms=11,
