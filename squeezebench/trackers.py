@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -316,7 +317,7 @@ class GpuEnergy:
                     f"and so the window's edges, cannot be known (needs {MIN_COUNTER_UPDATES})")
                 return
             dts = [b[0] - a[0] for a, b in zip(ups, ups[1:])]
-            self.period_s = _median(dts)
+            self.period_s = statistics.median(dts)
             self.period_jitter_s = _sd(dts)
             watts = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(ups, ups[1:]) if b[0] > a[0]]
             self.idle_w = (ups[-1][1] - ups[0][1]) / (ups[-1][0] - ups[0][0])
@@ -437,17 +438,8 @@ class GpuEnergy:
         return out
 
 
-def _median(xs: list[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
 def _sd(xs: list[float]) -> float:
-    if len(xs) < 2:
-        return 0.0
-    m = sum(xs) / len(xs)
-    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
 # -- CPU energy (RAPL) -------------------------------------------------------------------------
