@@ -122,3 +122,29 @@ def test_bf16_autocast_runs_only_where_the_cpu_has_it_and_the_key_says_which(tin
     assert "precision_effective" not in TrainConfig(epochs=1).as_dict()  # fp32 recipes keep their keys
     with pytest.raises(ValueError, match="autocast must be one of none, bf16-native"):
         TrainConfig(autocast="fp8")
+
+
+def test_resize_stages_train_the_first_epochs_small_then_the_rest_at_full_size(tiny_workbench):
+    """``resize_stages=[[1, 8], [1, 12]]`` over 4 epochs: epoch 1 sees 8x8 inputs, epoch 2 12x12,
+    epochs 3-4 the dataset's own 16x16; the key names the stages, and a recipe without them keeps
+    its key."""
+    from squeezebench import training
+
+    data = tiny_workbench.dataset("tiny")
+    cfg = TrainConfig(epochs=4, lr=3e-3, batch_size=128, seed=2, augment=True, resize_stages=[[1, 8], [1, 12]])
+    model = training.init_model("resnet8", data, cfg.seed, width=4)
+    seen: list[tuple] = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    training.fit(model, data, cfg)
+    per_epoch = len(seen) // 4
+    assert per_epoch == 2  # 256 images, batches of 128
+    assert seen == [(8, 8)] * per_epoch + [(12, 12)] * per_epoch + [(16, 16)] * (2 * per_epoch)
+    assert cfg.resize_stages == ((1, 8), (1, 12)) and cfg.as_dict()["resize_stages"] == ((1, 8), (1, 12))
+    assert "resize_stages" not in TrainConfig(epochs=4).as_dict()
+
+
+@pytest.mark.parametrize("stages", [[[4, 24]], [[2, 24], [2, 16]], [[1, 0]], [[1]], [[1.5, 24]], [[True, 24]]])
+def test_resize_stages_that_leave_no_full_size_epoch_or_are_not_int_pairs_are_refused(stages):
+    with pytest.raises(ValueError, match=r"resize_stages is a list of \[epochs, side\] pairs"):
+        TrainConfig(epochs=4, resize_stages=stages)
+
