@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -78,6 +78,12 @@ class TrainConfig:
                              f"{self.resize_stages!r}")
         object.__setattr__(self, "resize_stages", stages)
 
+    def derived(self, **changes) -> "TrainConfig":
+        """A recipe for fine-tuning or distilling from this one: ``changes`` applied, and no
+        progressive resizing (its stages belong to the full schedule, and distillation's teacher
+        logits are of the full-size images)."""
+        return replace(self, **{"resize_stages": (), **changes})
+
     def effective_precision(self) -> str:
         """What the training arithmetic runs in on this machine: "bf16 autocast" or "f32"."""
         return "bf16 autocast" if self.autocast == "bf16-native" and native_bf16() else "f32"
@@ -129,6 +135,19 @@ def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
+@torch.no_grad()
+def _check_resizable(model: nn.Module, x: torch.Tensor, side: int) -> None:
+    was_training = model.training
+    try:
+        model.eval()(_resize(x, side))
+    except RuntimeError as e:
+        raise ValueError(f"resize_stages: {type(model).__name__} does not accept images of {side} px (a layer "
+                         f"sized for {tuple(x.shape[-2:])}?): {str(e).splitlines()[0]}; drop resize_stages from "
+                         f"its recipe, or pool globally before the classifier") from None
+    finally:
+        model.train(was_training)
+
+
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -148,6 +167,8 @@ def fit(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = max(1, steps_per_epoch * cfg.epochs)
     sides = [side for epochs, side in cfg.resize_stages for _ in range(epochs)]  # Dataset holds NCHW images
+    for side in sorted(set(sides)):
+        _check_resizable(model, x_all[:2], side)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = _optimizer(model, cfg)

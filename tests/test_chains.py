@@ -114,3 +114,21 @@ def test_chain_variants_get_distinct_cache_entries(tiny_workbench):
     variants = [wb.variant("lenet300_100", "tiny", vid) for vid in vids]
     assert len({content_key(v.key) for v in variants}) == len(vids)
     assert len(list((wb.settings.cache_dir / "variants").iterdir())) == len(vids)
+
+
+def test_fine_tuning_and_distilling_from_a_progressive_recipe_run_at_full_size(tiny_workbench):
+    """A baseline recipe with resize_stages trains so; the short fine-tuning after pruning and the
+    distillation derived from it run at full size (their few epochs could not hold the stages)."""
+    from squeezebench.config import parse_config
+
+    recipe = {"epochs": 3, "lr": 0.05, "optimizer": "sgd", "resize_stages": [[2, 8]]}
+    tiny_workbench.config = parse_config({"pairs": {"resnet8": {"tiny": {"recipe": recipe}}}}, "test")
+    base = tiny_workbench.baseline("resnet8", "tiny")
+    assert base.facts["recipe"]["resize_stages"] == ((2, 8),)
+    for vid in ("prune50", "kd-t4"):
+        v = tiny_workbench.variant("resnet8", "tiny", vid)
+        assert v.variant_id == vid and v.model is not None
+    from squeezebench.training import TrainConfig
+
+    d = TrainConfig(**recipe).derived(epochs=1)
+    assert d.resize_stages == () and d.epochs == 1 and d.lr == 0.05 and d.optimizer == "sgd"

@@ -134,7 +134,8 @@ def test_resize_stages_train_the_first_epochs_small_then_the_rest_at_full_size(t
     cfg = TrainConfig(epochs=4, lr=3e-3, batch_size=128, seed=2, augment=True, resize_stages=[[1, 8], [1, 12]])
     model = training.init_model("resnet8", data, cfg.seed, width=4)
     seen: list[tuple] = []
-    model.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    model.register_forward_pre_hook(  # training batches only (fit first tries 2 images at each side)
+        lambda m, args: seen.append(tuple(args[0].shape[-2:])) if len(args[0]) > 2 else None)
     training.fit(model, data, cfg)
     per_epoch = len(seen) // 4
     assert per_epoch == 2  # 256 images, batches of 128
@@ -148,3 +149,12 @@ def test_resize_stages_that_leave_no_full_size_epoch_or_are_not_int_pairs_are_re
     with pytest.raises(ValueError, match=r"resize_stages is a list of \[epochs, side\] pairs"):
         TrainConfig(epochs=4, resize_stages=stages)
 
+
+
+def test_resize_stages_on_a_model_sized_for_its_inputs_name_the_fix(tiny_workbench):
+    from squeezebench import training
+
+    data = tiny_workbench.dataset("tiny")
+    model = training.init_model("lenet300_100", data, 0)
+    with pytest.raises(ValueError, match=r"resize_stages: .* does not accept images of 8 px .*drop resize_stages"):
+        training.fit(model, data, TrainConfig(epochs=2, resize_stages=[[1, 8]]))

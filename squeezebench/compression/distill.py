@@ -254,7 +254,7 @@ def student_recipe(name: str, dataset: str, epochs: int | None, lr_scale: float,
     """The student's own recipe (its epochs unless given), unaugmented (teacher logits are of the
     plain images)."""
     base = recipe_for(name, dataset, config)
-    return replace(base, epochs=base.epochs if epochs is None else epochs, lr=base.lr * lr_scale, augment=False)
+    return base.derived(epochs=base.epochs if epochs is None else epochs, lr=base.lr * lr_scale, augment=False)
 
 
 def recipe_tag(what: str, tc: training.TrainConfig) -> str:
@@ -274,8 +274,8 @@ def apply_distill(cfg: DistillConfig, state: ChainState) -> ChainState:
         base = state.wb.baseline(state.model_name, state.dataset_name)
         teacher, t_arch, t_key, t_what = base.model, base.arch, base.key, "fp32 baseline of the row"
         student, s_arch = copy.deepcopy(state.model), state.arch
-        tc = replace(recipe_for(s_arch["model"], state.dataset_name, state.wb.config), epochs=cfg.epochs, augment=False,
-                     schedule="cosine")
+        tc = recipe_for(s_arch["model"], state.dataset_name, state.wb.config).derived(
+            epochs=cfg.epochs, augment=False, schedule="cosine")
         tc = replace(tc, lr=tc.lr * cfg.lr_scale)
     else:
         teacher, t_arch, t_key, t_what = state.model, state.arch, state.key, "the chain's current model"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -130,7 +130,7 @@ def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def finetune_config(state: ChainState, epochs: int, lr_scale: float, seed_offset: int = 0) -> training.TrainConfig:
     """The current model's recipe, shortened and at a lower learning rate, for recovering accuracy."""
     base = recipe_for(state.arch["model"], state.dataset_name, state.wb.config)
-    return replace(base, epochs=epochs, lr=base.lr * lr_scale, schedule="cosine", seed=base.seed + seed_offset)
+    return base.derived(epochs=epochs, lr=base.lr * lr_scale, schedule="cosine", seed=base.seed + seed_offset)
 
 
 def recipe_tag(what: str, recipes: list[training.TrainConfig]) -> str:
