@@ -150,7 +150,6 @@ def test_resize_stages_that_leave_no_full_size_epoch_or_are_not_int_pairs_are_re
         TrainConfig(epochs=4, resize_stages=stages)
 
 
-
 def test_resize_stages_on_a_model_sized_for_its_inputs_name_the_fix(tiny_workbench):
     from squeezebench import training
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -274,9 +274,8 @@ def apply_distill(cfg: DistillConfig, state: ChainState) -> ChainState:
         base = state.wb.baseline(state.model_name, state.dataset_name)
         teacher, t_arch, t_key, t_what = base.model, base.arch, base.key, "fp32 baseline of the row"
         student, s_arch = copy.deepcopy(state.model), state.arch
-        tc = recipe_for(s_arch["model"], state.dataset_name, state.wb.config).derived(
-            epochs=cfg.epochs, augment=False, schedule="cosine")
-        tc = replace(tc, lr=tc.lr * cfg.lr_scale)
+        own = recipe_for(s_arch["model"], state.dataset_name, state.wb.config)
+        tc = own.derived(epochs=cfg.epochs, lr=own.lr * cfg.lr_scale, augment=False, schedule="cosine")
     else:
         teacher, t_arch, t_key, t_what = state.model, state.arch, state.key, "the chain's current model"
         tc = student_recipe(cfg.student, state.dataset_name, cfg.epochs, cfg.lr_scale, state.wb.config)

@@ -54,8 +54,8 @@ class ResNetCifar(nn.Module):
 @register_model(full_profile_only=True,
                 # 42 epochs, the first 12 on images resized to 16 px and the next 12 to 24 px
                 # (resize_stages: a small epoch costs 0.35x / 0.6x a full one), bf16 autocast where
-                # the CPU has it natively: 88.09 % top-1 on the CIFAR-10 JPEG copy in the time of 30
-                # full epochs (30 full epochs: 87.70 %; 16 at 24 px + 20 full: 87.91 %, at lr 0.1
+                # the CPU has it natively: 88.09 % top-1 on the CIFAR-10 JPEG copy in about the time
+                # of 30 full epochs (30 full epochs: 87.70 %; 16 at 24 px + 20 full: 87.91 %, at lr 0.1
                 # 87.67 %). README: measured times and the recipes tried.
                 recipes={"cifar10": sgd_one_cycle(0.2, 42, augment=True, label_smoothing=0.1, channels_last=True,
                                                   autocast="bf16-native", resize_stages=((12, 16), (12, 24)))},
