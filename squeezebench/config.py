@@ -52,6 +52,8 @@ FACT_KEYS = {  # per model / dataset / pair: key -> (python type(s), what it is)
     "keep-layers": (list, "module names structured pruning must keep whole, e.g. [\"conv1\", \"fc3\"]"),
     "calibration-images": (int, "training images used to calibrate static int8"),
     "student-allowed-drop": ((int, float), "top-1 drop allowed when distilling into a smaller network, pp"),
+    "parity-min": (dict, "share of top-1 predictions each runtime must share with the variant's reference, per "
+                         "int8 method, a fraction: { static = 0.95, dynamic = 0.95, qat = 0.99 }"),
 }
 PROFILE_KEYS = {
     "models": (list, "model specs"), "datasets": (list, "dataset names or specs"),
@@ -68,6 +70,7 @@ GATE_KEYS = {  # [tool.squeezebench.gate] and each of its groups: key -> what it
     "int8-share-tol": "drop of the share of MACs run in int8 that fails, 0..1",
 }
 TECHNIQUE_KINDS = ("quantize", "precision", "prune", "structured", "distill", "scratch")
+INT8_METHODS = ("static", "dynamic", "qat")
 
 
 class ConfigFileError(ValueError):
@@ -100,10 +103,18 @@ class Config:
         return None
 
     def allowed_drop(self, kind: str, model: str | None, dataset: str | None) -> float | None:
+        return self._entry("allowed-drop", kind, model, dataset)
+
+    def parity_min(self, method: str, model: str | None, dataset: str | None) -> float | None:
+        """The user's parity minimum for an int8 ``method`` on the pair, if they set one."""
+        return self._entry("parity-min", method, model, dataset)
+
+    def _entry(self, key: str, name: str, model: str | None, dataset: str | None) -> float | None:
+        """``key``'s ``name`` entry in the most specific scope that has one (pair, model, dataset)."""
         for scope in (self.pairs.get((model, dataset)) if model and dataset else None,
                       self.models.get(model) if model else None, self.datasets.get(dataset) if dataset else None):
-            if scope and kind in (scope.get("allowed-drop") or {}):
-                return float(scope["allowed-drop"][kind])
+            if scope and name in (scope.get(key) or {}):
+                return float(scope[key][name])
         return None
 
 
@@ -135,6 +146,14 @@ def _check_facts(where: str, table: Any, source: str) -> dict[str, Any]:
                 if isinstance(pp, bool) or not isinstance(pp, (int, float)) or not 0 <= pp < 100:
                     raise ConfigFileError(f"{source}: {where}.{raw}.{kind} must be percentage points in [0, 100), "
                                           f"got {pp!r}")
+        elif key == "parity-min":
+            for method, share in value.items():
+                if method not in INT8_METHODS:
+                    raise ConfigFileError(f"{source}: {where}.{raw}.{method}: unknown int8 method; known: "
+                                          + ", ".join(INT8_METHODS))
+                if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+                    raise ConfigFileError(f"{source}: {where}.{raw}.{method} must be a fraction in (0, 1], "
+                                          f"e.g. 0.97 for 97 %; got {share!r}")
         elif key == "keep-layers" and not all(isinstance(x, str) for x in value):
             raise ConfigFileError(f"{source}: {where}.{raw} must list module names (strings), got {value!r}")
         elif key == "calibration-images" and value < 1:

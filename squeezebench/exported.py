@@ -18,7 +18,7 @@ from pathlib import Path
 from squeezebench.compression import parse_variant_id
 from squeezebench.compression.base import CompressionConfig
 from squeezebench.compression.precision import PrecisionConfig
-from squeezebench.compression.quantize import PARITY_MIN, QuantizeConfig, calibration_inputs
+from squeezebench.compression.quantize import QuantizeConfig, calibration_inputs, parity_min_facts
 from squeezebench.domain import Engine, ExportSpec, QuantSpec, Variant, VariantUnavailable
 from squeezebench.keys import source_hash
 from squeezebench.metrics import onnx_macs, onnx_nonzero_per_layer, onnx_param_counts
@@ -109,7 +109,7 @@ def file_variant(wb: Engine, spec: str, dataset_name: str, variant_id: str) -> V
             method=cfg.method, per_channel=cfg.per_channel, label=cfg.token(), calibration=calib))
         # For the compact encoding: the file's Conv/Gemm/MatMul weights as symmetric int8.
         qweights = int8_weights(path, cfg.per_channel)
-        facts.update(quantization=info, bits_per_weight=8, parity_min=PARITY_MIN[cfg.method])
+        facts.update(quantization=info, bits_per_weight=8, **parity_min_facts(wb.config, cfg.method, spec, dataset_name))
     return Variant(spec, dataset_name, cfg.token(), None, arch, key, chain=[cfg.as_dict()], facts=facts,
                    export=export, qweights=qweights)
 

@@ -173,7 +173,7 @@ def parity_fields(backend: str, variant: Variant) -> dict:
     else:
         check = f"cross-runtime: {backend} against torch"
     return {"parity_min": float(variant.facts.get("parity_min", DEFAULT_PARITY_MIN)),
-            "parity_reference": reference, "parity_check": check}
+            "parity_reference": reference, "parity_check": check, **_user_parity_reason(variant)}
 
 
 def _file_parity_fields(backend: str, variant: Variant) -> dict:
@@ -188,7 +188,12 @@ def _file_parity_fields(backend: str, variant: Variant) -> dict:
     else:
         check = f"same runtime, another model: {REFERENCE_BACKEND}'s {variant.variant_id} artifact against the fp32 file"
     return {"parity_min": float(variant.facts.get("parity_min", DEFAULT_PARITY_MIN)),
-            "parity_reference": f"{REFERENCE}: {variant.export.source_file}", "parity_check": check}
+            "parity_reference": f"{REFERENCE}: {variant.export.source_file}", "parity_check": check, **_user_parity_reason(variant)}
+
+
+def _user_parity_reason(variant: Variant) -> dict:
+    reason = variant.facts.get("parity_min_reason")
+    return {"parity_min_reason": reason} if reason else {}
 
 
 def lower_precision_parity(info: dict, runtime: dict, dtype: str) -> dict:

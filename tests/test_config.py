@@ -63,6 +63,8 @@ def test_no_file_or_no_table_is_an_empty_config(tmp_path):
     ({"models": {"m": {"recipe": {"optimizer": "lion"}}}}, "optimizer must be sgd, adam or adamw"),
     ({"datasets": {"d": {"allowed-drop": {"pruning": 1}}}}, "allowed-drop.pruning: unknown technique kind"),
     ({"datasets": {"d": {"allowed-drop": {"prune": 120}}}}, "must be percentage points in [0, 100)"),
+    ({"models": {"m": {"parity-min": {"int8": 0.9}}}}, "parity-min.int8: unknown int8 method; known: static"),
+    ({"models": {"m": {"parity-min": {"qat": 97}}}}, "must be a fraction in (0, 1], e.g. 0.97 for 97 %"),
     ({"datasets": {"d": {"calibration-images": 0}}}, "calibration-images must be >= 1"),
     ({"datasets": {"d": {"keep-layers": [1]}}}, "must list module names"),
     ({"profiles": {"p": {"models": ["m"]}}}, "profiles.p needs datasets"),
@@ -101,7 +103,8 @@ def test_the_config_reaches_recipes_floors_drops_and_calibration(tmp_path):
 
     cfg = parse_config({
         "models": {"lenet300_100": {"recipe": {"epochs": 1, "lr": 0.01}, "floor": 12.5,
-                                    "allowed-drop": {"quantize": 0.25, "prune": 3.0}}},
+                                    "allowed-drop": {"quantize": 0.25, "prune": 3.0},
+                                    "parity-min": {"static": 0.9}}},
         "datasets": {"tiny": {"calibration-images": 32, "student-allowed-drop": 7.0}},
     }, "test")
     wb = Workbench(resolve_settings(data_dir=tmp_path / "d", cache_dir=tmp_path / "c", threads=1), config=cfg)
@@ -115,8 +118,17 @@ def test_the_config_reaches_recipes_floors_drops_and_calibration(tmp_path):
     assert wb.variant("lenet300_100", "tiny", "int8-static-cal64").facts["quantization"]["calibration_images"] == 64
     assert wb.variant("lenet300_100", "tiny", "prune50").facts["allowed_drop_pp"] == 3.0
     assert wb.variant("lenet300_100", "tiny", "kd-t4").facts["allowed_drop_pp"] == 7.0
+    # The user's parity minimum, and the reason every record of the variant carries.
+    from squeezebench.record import parity_fields
+
+    assert q.facts["parity_min"] == 0.9
+    fields = parity_fields("onnxruntime", q)
+    assert fields["parity_min"] == 0.9 and "parity-min.static for lenet300_100" in fields["parity_min_reason"]
+    assert wb.variant("lenet300_100", "tiny", "int8-dynamic").facts["parity_min"] == 0.95  # not set: default
     # Another model keeps the built-in defaults.
-    assert wb.variant("mlp_student", "tiny", "int8-static").facts["allowed_drop_pp"] == 0.5
+    other = wb.variant("mlp_student", "tiny", "int8-static")
+    assert other.facts["allowed_drop_pp"] == 0.5 and other.facts["parity_min"] == 0.95
+    assert "parity_min_reason" not in parity_fields("onnxruntime", other)
 
 
 def test_a_bad_config_stops_pytest_with_one_line(pytester):

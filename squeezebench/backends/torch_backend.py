@@ -233,7 +233,7 @@ def _write_int8(v: Variant, out: Path) -> str:
 
 
 _INT8_TOOLS = {
-    "static": "torch.ao.quantization FX prepare_fx/convert_fx (HistogramObserver, reduce_range activations)",
+    "static": "torch.ao.quantization FX prepare_fx/convert_fx (HistogramObserver 8-bit activations, 7-bit weights)",
     "dynamic": "torch.ao.quantization.quantize_dynamic on nn.Linear (Conv stays float)",
     "qat": "torch.ao.quantization FX prepare_qat_fx (FakeQuantize) + training.fit, convert_fx",
 }

@@ -35,11 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from squeezebench.config import INT8_METHODS
 from squeezebench.compression.base import ChainState, CompressionConfig, ConfigError, register_handler
 from squeezebench.domain import ExportSpec, QuantSpec
 from squeezebench.torch_int8 import _quiet, _weight_observer, fold_bn_in_qat, torch_qconfig_mapping
 
-METHODS = ("static", "dynamic", "qat")
+METHODS = INT8_METHODS
 _DEFAULTS = {"calibration_images": 512, "per_channel": True, "qat_epochs": 2}
 _TOKEN = re.compile(r"^int8-(static|dynamic|qat)(?:-cal(\d+))?(-pt)?(?:-e(\d+))?$")
 
@@ -141,16 +142,16 @@ def _qtensor_entry(q: torch.Tensor) -> dict:
             "zero_point": np.array([q.q_zero_point()], np.int64), "axis": None}
 
 
-def _observer_qweights(model: nn.Module, per_channel: bool) -> dict:
-    """Symmetric int8 of every Conv/Linear weight with torch's weight observer: exactly the
-    weights of torch's static and dynamic int8 artifacts. (Runtimes that quantize weights to a 7-bit
-    range hold their own, see the saturation note; these are the 8-bit ones.)"""
+def _observer_qweights(model: nn.Module, per_channel: bool, bits: int = 8) -> dict:
+    """Symmetric int8 of every Conv/Linear weight on ``bits`` bits with torch's weight observer:
+    exactly the weights of torch's static (7-bit, as every runtime's static recipe: see
+    squeezebench.torch_int8) and dynamic (8-bit) int8 artifacts."""
     out = {}
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             w = mod.weight.detach().float()
             with _quiet():  # torch deprecates quantized tensors; the int8 values are what we need
-                ob = _weight_observer(per_channel)()
+                ob = _weight_observer(per_channel, bits=bits)()
                 ob(w)
                 scale, zp = ob.calculate_qparams()
                 q = (torch.quantize_per_channel(w, scale.float(), zp, 0, torch.qint8) if per_channel
@@ -216,7 +217,8 @@ def apply_quantize(cfg: QuantizeConfig, state: ChainState) -> ChainState:
             or _DEFAULTS["calibration_images"])
         state.key = {**state.key, "calibration_images": n_calib}  # what was used, wherever it came from
         calib = calibration_inputs(state.data, n_calib)
-        qweights = _observer_qweights(float_model, cfg.per_channel)
+        qweights = _observer_qweights(float_model, cfg.per_channel, bits=7)
+        info["weights"] = "int8 symmetric, 7-bit range (-64..63)"
         reference = float_model  # see PARITY_MIN: each runtime calibrates, one common reference
         info.update(calibration_images=len(calib), calibration_source="training split (seeded random subset)",
                     reference="fp32 model (each runtime calibrates itself)")
@@ -276,5 +278,15 @@ def apply_quantize(cfg: QuantizeConfig, state: ChainState) -> ChainState:
     state.qweights = qweights
     state.facts["quantization"] = info
     state.facts["bits_per_weight"] = 8
-    state.facts["parity_min"] = PARITY_MIN[cfg.method]
+    state.facts.update(parity_min_facts(state.wb.config, cfg.method, state.model_name, state.dataset_name))
     return state
+
+
+def parity_min_facts(config, method: str, model: str, dataset: str) -> dict:
+    """The parity minimum of an int8 ``method``: the user's ``parity-min`` for the pair (with the
+    reason the record carries), else PARITY_MIN's."""
+    user = config.parity_min(method, model, dataset) if config is not None else None
+    if user is None:
+        return {"parity_min": PARITY_MIN[method]}
+    return {"parity_min": user, "parity_min_reason": f"[tool.squeezebench] parity-min.{method} for {model} on "
+                                                     f"{dataset}: {user:.1%} instead of {PARITY_MIN[method]:.1%}"}
