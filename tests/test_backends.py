@@ -92,6 +92,30 @@ def test_artifact_bytes_count_every_file(tiny_workbench, tiny_variant):
     assert {p.name for p in pt.files} == {"model.pt", "arch.json"}
 
 
+def test_an_ir_openvino_cannot_compile_is_one_skip_with_its_error(tiny_workbench, tiny_variant, monkeypatch):
+    ov = pytest.importorskip("openvino")
+    from squeezebench.backends import BackendUnavailable
+    from squeezebench.backends.openvino_backend import OpenVINOCPU
+
+    art = tiny_workbench.artifact(tiny_variant, "openvino")
+    s = OpenVINOCPU(1).load(art)  # compiles for batch 1 at load
+    assert (1, 1, 16, 16) in s._compiled
+    # The plugin's error as OpenVINO 2025 words it (MobileNetV3-Small's QAT IR on an AMX CPU).
+    msg = ("Exception from src/inference/src/cpp/core.cpp:117:\nException from src/inference/src/dev/plugin.cpp:54:\n"
+           "[MatMulTransformation] END: node: opset1::MatMul /classifier.3/Gemm CALLBACK HAS THROWN\n"
+           "Broadcast target_shape has smaller rank 2 than arg shape 4\n")
+
+    def refuse(self, *a, **k):
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(ov.Core, "compile_model", refuse)
+    with pytest.raises(BackendUnavailable) as e:
+        OpenVINOCPU(1).load(art)
+    text = str(e.value)
+    assert text.startswith(f"OpenVINO {ov.__version__} could not compile this IR for the CPU")
+    assert "[MatMulTransformation] END" in text and "Broadcast target_shape" in text and "Exception from" not in text
+
+
 def test_onnx_external_data_is_counted(tmp_path):
     import onnx
     from onnx import numpy_helper

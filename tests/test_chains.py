@@ -84,8 +84,8 @@ def test_qat_after_distillation_fine_tunes_with_the_students_recipe(tiny_workben
     tiny_workbench.config = parse_config({"pairs": {"mlp_student": {"tiny": {"recipe": {"lr": 0.0123}}}}}, "test")
     v = tiny_workbench.variant("lenet300_100", "tiny", "kd-t4+int8-qat-e1")
     assert v.arch["model"] == "mlp_student"
-    # QAT runs at 1/20 of the current (student) model's recipe lr, not the teacher's.
-    assert v.facts["quantization"]["qat"]["recipe"]["lr"] == pytest.approx(0.0123 * 0.05)
+    # QAT runs at 1 % of the current (student) model's recipe lr, not the teacher's.
+    assert v.facts["quantization"]["qat"]["recipe"]["lr"] == pytest.approx(0.0123 * 0.01)
 
 
 def test_terminal_steps_must_come_last():

@@ -243,8 +243,11 @@ def apply_quantize(cfg: QuantizeConfig, state: ChainState) -> ChainState:
                                       (torch.zeros(1, *in_shape),))
         # The current model's recipe: after distillation that is the student's, not the teacher's.
         base = recipe_for(state.arch["model"], state.dataset_name, state.wb.config)
-        # Fine-tuning from the trained baseline: 1/20 of its peak learning rate, cosine to zero.
-        tcfg = training.TrainConfig(epochs=cfg.qat_epochs, lr=base.lr * 0.05, batch_size=base.batch_size,
+        # Fine-tuning from the trained baseline: 1 % of its peak learning rate, cosine to zero (the
+        # usual QAT advice, e.g. NVIDIA's pytorch-quantization guide). At 5 % one epoch knocked
+        # ResNet-20 out of its one-cycle minimum: 87.46 % against 88.08 % fp32 and 87.92-87.95 %
+        # for post-training int8.
+        tcfg = training.TrainConfig(epochs=cfg.qat_epochs, lr=base.lr * 0.01, batch_size=base.batch_size,
                                     optimizer=base.optimizer, momentum=base.momentum, nesterov=base.nesterov,
                                     weight_decay=base.weight_decay, schedule="cosine", augment=base.augment,
                                     label_smoothing=base.label_smoothing, seed=base.seed)
