@@ -109,7 +109,8 @@ def file_variant(wb: Engine, spec: str, dataset_name: str, variant_id: str) -> V
             method=cfg.method, per_channel=cfg.per_channel, label=cfg.token(), calibration=calib))
         # For the compact encoding: the file's Conv/Gemm/MatMul weights as symmetric int8.
         qweights = int8_weights(path, cfg.per_channel)
-        facts.update(quantization=info, bits_per_weight=8, **parity_min_facts(wb.config, cfg.method, spec, dataset_name))
+        facts.update(quantization=info, bits_per_weight=8,
+                     **parity_min_facts(wb.config, cfg.method, spec, dataset_name))
     return Variant(spec, dataset_name, cfg.token(), None, arch, key, chain=[cfg.as_dict()], facts=facts,
                    export=export, qweights=qweights)
 

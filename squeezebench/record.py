@@ -188,10 +188,12 @@ def _file_parity_fields(backend: str, variant: Variant) -> dict:
     else:
         check = f"same runtime, another model: {REFERENCE_BACKEND}'s {variant.variant_id} artifact against the fp32 file"
     return {"parity_min": float(variant.facts.get("parity_min", DEFAULT_PARITY_MIN)),
-            "parity_reference": f"{REFERENCE}: {variant.export.source_file}", "parity_check": check, **_user_parity_reason(variant)}
+            "parity_reference": f"{REFERENCE}: {variant.export.source_file}", "parity_check": check,
+            **_user_parity_reason(variant)}
 
 
 def _user_parity_reason(variant: Variant) -> dict:
+    """The reason a variant is held to the user's ``parity-min`` rather than the built-in one."""
     reason = variant.facts.get("parity_min_reason")
     return {"parity_min_reason": reason} if reason else {}
 

@@ -100,7 +100,7 @@ def test_an_ir_openvino_cannot_compile_is_one_skip_with_its_error(tiny_workbench
     art = tiny_workbench.artifact(tiny_variant, "openvino")
     s = OpenVINOCPU(1).load(art)  # compiles for batch 1 at load
     assert (1, 1, 16, 16) in s._compiled
-    # The plugin's error as OpenVINO 2025 words it (MobileNetV3-Small's QAT IR on an AMX CPU).
+    # The plugin's error as OpenVINO 2026.4.1 worded it (MobileNetV3-Small's QAT IR on an AMX CPU).
     msg = ("Exception from src/inference/src/cpp/core.cpp:117:\nException from src/inference/src/dev/plugin.cpp:54:\n"
            "[MatMulTransformation] END: node: opset1::MatMul /classifier.3/Gemm CALLBACK HAS THROWN\n"
            "Broadcast target_shape has smaller rank 2 than arg shape 4\n")

@@ -184,8 +184,8 @@ def test_static_int8_runs_int8_kernels_everywhere(wb):
         assert np.array_equal(w.int_repr().numpy(), q["values"]), name
         assert np.allclose(w.q_per_channel_scales().numpy(), q["scale"]) and q["axis"] == 0
         assert q["values"].dtype == np.int8 and not q["zero_point"].any()  # symmetric
-        # 7-bit weights (as ONNX Runtime's and NNCF's static recipes): the largest of a channel
-        # lands on the range's end, -64 or 63.
+        # Weights on a 7-bit scale (as ONNX Runtime's and NNCF's static recipes): a channel's
+        # largest magnitude is 63 or 64 (scale max|w| / 63.5), never 127.
         extremes = np.abs(q["values"].reshape(len(q["values"]), -1)).max(1)
         assert ((extremes == 63) | (extremes == 64)).all(), (name, extremes)
     assert set(v.qweights) == {f"{m}.weight" for m in ("conv1", "conv2", "fc1", "fc2", "fc3")}

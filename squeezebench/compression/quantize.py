@@ -40,7 +40,6 @@ from squeezebench.compression.base import ChainState, CompressionConfig, ConfigE
 from squeezebench.domain import ExportSpec, QuantSpec
 from squeezebench.torch_int8 import _quiet, _weight_observer, fold_bn_in_qat, torch_qconfig_mapping
 
-METHODS = INT8_METHODS
 _DEFAULTS = {"calibration_images": 512, "per_channel": True, "qat_epochs": 2}
 _TOKEN = re.compile(r"^int8-(static|dynamic|qat)(?:-cal(\d+))?(-pt)?(?:-e(\d+))?$")
 
@@ -80,8 +79,8 @@ class QuantizeConfig(CompressionConfig):
     qat_epochs: int = _DEFAULTS["qat_epochs"]
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"quantize method must be one of {', '.join(METHODS)}, got {self.method!r}; "
+        if self.method not in INT8_METHODS:
+            raise ConfigError(f"quantize method must be one of {', '.join(INT8_METHODS)}, got {self.method!r}; "
                               "e.g. QuantizeConfig(method='static') or variant token int8-static")
         if not isinstance(self.per_channel, bool):
             raise ConfigError(f"per_channel must be True or False, got {self.per_channel!r}")
@@ -218,9 +217,8 @@ def apply_quantize(cfg: QuantizeConfig, state: ChainState) -> ChainState:
         state.key = {**state.key, "calibration_images": n_calib}  # what was used, wherever it came from
         calib = calibration_inputs(state.data, n_calib)
         qweights = _observer_qweights(float_model, cfg.per_channel, bits=7)
-        info["weights"] = "int8 symmetric, 7-bit range (-64..63)"
         reference = float_model  # see PARITY_MIN: each runtime calibrates, one common reference
-        info.update(calibration_images=len(calib), calibration_source="training split (seeded random subset)",
+        info.update(weights="int8 symmetric on a 7-bit scale (|w| <= 64)", calibration_images=len(calib), calibration_source="training split (seeded random subset)",
                     reference="fp32 model (each runtime calibrates itself)")
 
     elif cfg.method == "dynamic":
