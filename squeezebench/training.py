@@ -224,9 +224,21 @@ def fit(
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
+                   channels_last: bool = False) -> torch.Tensor:
+    """Logits of ``model`` on ``x`` in batches. ``channels_last`` (4-D float input only) runs the
+    model in NHWC and puts it back in its default layout after: oneDNN's conv kernels ran ResNet-20
+    1.5x faster so (2 cores; and batches of 256 1.5x faster than 1024)."""
     model.eval()
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    nhwc = channels_last and x.dim() == 4
+    if nhwc:
+        model.to(memory_format=torch.channels_last)
+    try:
+        return torch.cat([model(x[i:i + batch_size].contiguous(memory_format=torch.channels_last) if nhwc
+                                else x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        if nhwc:
+            model.to(memory_format=torch.contiguous_format)
 
 
 def top1(logits: torch.Tensor, targets: torch.Tensor) -> float:

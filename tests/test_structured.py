@@ -86,3 +86,36 @@ def test_default_allowed_drops(tiny_workbench):
     # Removing filters on a dataset other than MNIST allows more (LeNet-5 has few to spare).
     assert tiny_workbench.variant("lenet5", "tiny", "sprune50-conv-e1").facts["allowed_drop_pp"] == 4.0
     assert tiny_workbench.variant("lenet5", "tiny", "sprune50-dense-e1").facts["allowed_drop_pp"] == 1.0
+
+
+@pytest.mark.parametrize("n_pruned,channels,round_to,expected", [
+    (5, 16, 16, 0),    # keep 11 -> 16: nothing goes (torch-pruning's own rounding would remove all 16)
+    (10, 32, 16, 16),  # keep 22 -> 16
+    (19, 64, 16, 16),  # keep 45 -> 48
+    (60, 120, 8, 56),  # keep 60 -> 64 (halfway rounds up)
+    (15, 16, 8, 8),    # keep 1 -> at least 8
+    (3, 10, 16, 0),    # never more than there is
+])
+def test_nearest_kept_width(n_pruned, channels, round_to, expected):
+    from squeezebench.compression.structured import nearest_kept
+
+    assert nearest_kept(n_pruned, channels, round_to) == expected
+
+
+def test_round_to_token_round_trips_and_bad_values_name_the_fix():
+    (cfg,) = parse_variant_id("sprune30-conv-r16-e2")
+    assert (cfg.ratio, cfg.layers, cfg.round_to, cfg.finetune_epochs) == (0.3, "dense+conv", 16, 2)
+    assert variant_id([cfg]) == "sprune30-conv-r16-e2"
+    assert parse_variant_id("sprune30-conv")[0].round_to == 1
+    for bad in (0, 2.5, True):
+        with pytest.raises(ConfigError, match="sprune30-conv-r16"):
+            StructuredPruneConfig(round_to=bad)
+
+
+def test_round_to_rounds_every_pruned_width_to_the_nearest_multiple(tiny_workbench):
+    exact = tiny_workbench.variant("lenet5", "tiny", "sprune50-conv-e1").arch["kwargs"]
+    v = tiny_workbench.variant("lenet5", "tiny", "sprune50-conv-r8-e1")
+    assert exact == {"c1": 6, "c2": 8, "f1": 60, "f2": 42}
+    assert v.arch["kwargs"] == {"c1": 6, "c2": 8, "f1": 64, "f2": 40}  # 60 -> 64, 42 -> 40; conv1 kept
+    assert v.facts["structured_prune"]["round_to"] == 8
+    _reload_through_torch_cpu(tiny_workbench, v)

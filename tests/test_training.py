@@ -157,3 +157,20 @@ def test_resize_stages_on_a_model_sized_for_its_inputs_name_the_fix(tiny_workben
     model = training.init_model("lenet300_100", data, 0)
     with pytest.raises(ValueError, match=r"resize_stages: .* does not accept images of 8 px .*drop resize_stages"):
         training.fit(model, data, TrainConfig(epochs=2, resize_stages=[[1, 8]]))
+
+
+def test_predict_logits_in_channels_last_agrees_and_leaves_the_model_as_it_was():
+    from squeezebench.models import create_model
+    from squeezebench.training import predict_logits
+
+    torch.manual_seed(0)
+    model = create_model("resnet8", (3, 32, 32), 10).eval()
+    x = torch.randn(300, 3, 32, 32)  # not a multiple of the batch: the last batch is short
+    nchw = predict_logits(model, x, batch_size=128)
+    nhwc = predict_logits(model, x, batch_size=128, channels_last=True)
+    assert nhwc.shape == (300, 10)
+    torch.testing.assert_close(nhwc, nchw, rtol=1e-4, atol=1e-4)
+    assert all(p.is_contiguous() for p in model.parameters())
+    # 2-D input (an MLP's) ignores the layout request
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    torch.testing.assert_close(predict_logits(mlp, torch.ones(5, 8), channels_last=True), mlp(torch.ones(5, 8)))

@@ -231,7 +231,7 @@ def teacher_logits(state: ChainState, teacher: nn.Module, teacher_key: dict) -> 
         state.wb.progress(f"teacher logits for {state.model_name}/{state.dataset_name} ({len(data.x_train)} images)")
         x = data.normalize(data.x_train)
         with state.wb.pinned_threads():
-            logits = training.predict_logits(teacher.float(), x).float().numpy()
+            logits = training.predict_logits(teacher.float(), x, channels_last=True).float().numpy()
         np.save(tmp / "logits.npy", logits)
         return {"shape": list(logits.shape)}
 

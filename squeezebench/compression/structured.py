@@ -12,9 +12,20 @@ so the torch artifact (state_dict + arch.json) loads through ``create_model``,
 then fine-tuned.
 
 Token grammar: ``sprune<percent>-dense`` (Linear neurons only) or ``sprune<percent>-conv``
-(neurons and conv filters), with ``-e<epochs>`` when fine-tuning differs from the default 4
-(at half the recipe's peak learning rate, cosine): ``sprune50-dense``, ``sprune75-conv``,
+(neurons and conv filters), with ``-r<k>`` to round every pruned layer's kept width to the
+nearest multiple of ``k`` (at least ``k``; the ratio is then met per layer only approximately)
+and ``-e<epochs>`` when fine-tuning differs from the default 4 (at half the recipe's peak
+learning rate, cosine): ``sprune50-dense``, ``sprune75-conv``, ``sprune30-conv-r16``,
 ``sprune50-conv-e2``.
+
+Why ``-r``: CPU kernels work on channel blocks of the SIMD width (ONNX Runtime's NCHWc and
+oneDNN's blocked layouts: 16 fp32 lanes with AVX-512, 8 with AVX2). Widths off those blocks
+run in padded or generic kernels, so exact-ratio pruning can buy nothing. Measured on ResNet-20
+(2 AMX cores, random weights, batch 256): 30 % of filters removed exactly (widths 11/22/44, 44 %
+fewer MACs) ran 71.0 ms per batch on ONNX Runtime against 67.8 ms dense, and a bf16 training
+step took 296 ms against 181; rounded to multiples of 16 (16/16/48, 38 % fewer MACs) it ran
+44.0 ms and trained in 137 ms. torch-pruning's own ``round_to`` rounds the kept width down;
+this rounds to the nearest multiple, so a ratio asks for about what it says.
 
 Default allowed top-1 drop (pp): 1.0 up to a ratio of 50 %, 3.0 up to 75 %, 5.0 above (and above
 50 % when filters go too: sprune75-conv on LeNet-5/MNIST measured 95.40-97.71 % against 99.21 %
@@ -46,7 +57,7 @@ from squeezebench.compression.base import ChainState, CompressionConfig, ConfigE
 from squeezebench.compression.prune import _pct, finetune_config, keep_zeros, recipe_tag
 from squeezebench.metrics import count_macs, count_params
 
-_TOKEN = re.compile(r"^sprune(?P<pct>\d+(?:\.\d+)?)-(?P<layers>dense|conv)(?:-e(?P<epochs>\d+))?$")
+_TOKEN = re.compile(r"^sprune(?P<pct>\d+(?:\.\d+)?)-(?P<layers>dense|conv)(?:-r(?P<round>\d+))?(?:-e(?P<epochs>\d+))?$")
 DEFAULT_EPOCHS = 4
 # Allowed drop when conv filters are removed, on datasets harder than MNIST: (max ratio, pp).
 CONV_ALLOWED_DROP_PP = ((0.5, 4.0), (0.75, 12.0), (1.0, 20.0))
@@ -56,13 +67,15 @@ CONV_ALLOWED_DROP_PP = ((0.5, 4.0), (0.75, 12.0), (1.0, 20.0))
 class StructuredPruneConfig(CompressionConfig):
     """Remove ``ratio`` of the neurons (and filters with ``layers="dense+conv"``) of every hidden
     layer by L1 magnitude, then fine-tune ``finetune_epochs`` epochs at ``lr_scale`` x the
-    recipe's learning rate."""
+    recipe's learning rate. ``round_to`` > 1 rounds each pruned layer's kept width to the nearest
+    multiple of it (at least ``round_to``)."""
 
     kind = "structured_prune"
     ratio: float = 0.5
     layers: str = "dense"  # dense | dense+conv
     finetune_epochs: int = DEFAULT_EPOCHS
     lr_scale: float = 0.5
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.ratio, (int, float)) or not 0.0 < self.ratio < 1.0:
@@ -75,9 +88,13 @@ class StructuredPruneConfig(CompressionConfig):
             raise ConfigError(f"finetune_epochs must be an integer >= 0, got {self.finetune_epochs!r}")
         if not self.lr_scale > 0:
             raise ConfigError(f"lr_scale must be > 0, got {self.lr_scale!r}; try 0.5")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"round_to must be an integer >= 1 (1: exact widths), got {self.round_to!r}; "
+                              "for SIMD-sized channel blocks use 16 (token sprune30-conv-r16)")
 
     def token(self) -> str:
         t = f"sprune{_pct(self.ratio)}-{'conv' if self.layers == 'dense+conv' else 'dense'}"
+        t += f"-r{self.round_to}" if self.round_to != 1 else ""
         return t + (f"-e{self.finetune_epochs}" if self.finetune_epochs != DEFAULT_EPOCHS else "")
 
     @classmethod
@@ -86,7 +103,8 @@ class StructuredPruneConfig(CompressionConfig):
         if not m:
             return None
         return cls(ratio=float(m["pct"]) / 100.0, layers="dense+conv" if m["layers"] == "conv" else "dense",
-                   finetune_epochs=int(m["epochs"]) if m["epochs"] else DEFAULT_EPOCHS)
+                   finetune_epochs=int(m["epochs"]) if m["epochs"] else DEFAULT_EPOCHS,
+                   round_to=int(m["round"]) if m["round"] else 1)
 
     def default_allowed_drop(self) -> float:
         if self.ratio <= 0.5 + 1e-9:
@@ -100,6 +118,28 @@ class StructuredPruneConfig(CompressionConfig):
 
 def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
     return {n: list(m.weight.shape) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+def nearest_kept(n_pruned: int, channels: int, round_to: int) -> int:
+    """How many of ``channels`` to prune so that the kept width is the multiple of ``round_to``
+    nearest to ``channels - n_pruned`` (at least ``round_to``, at most ``channels``)."""
+    keep = max(round_to, int((channels - n_pruned) / round_to + 0.5) * round_to)
+    return max(channels - min(keep, channels), 0)
+
+
+def _pruner_class(tp):
+    """torch-pruning's MagnitudePruner with its ``round_to`` hook rounding to the nearest multiple
+    (its own rounds the kept width down: 30 % of 16 filters with round_to=16 would remove all)."""
+    base = tp.pruner.MagnitudePruner
+    if not callable(getattr(base, "_round_to", None)):
+        raise ConfigError(f"structured pruning with -r<k> needs torch-pruning's round_to hook, which "
+                          f"torch-pruning {getattr(tp, '__version__', '?')} lacks; pip install -U torch-pruning")
+
+    class NearestRoundPruner(base):
+        def _round_to(self, n_pruned, current_channels, round_to):
+            return nearest_kept(int(n_pruned), int(current_channels), int(round_to))
+
+    return NearestRoundPruner
 
 
 def structural_prune(model: nn.Module, arch: dict, cfg: StructuredPruneConfig,
@@ -126,8 +166,9 @@ def structural_prune(model: nn.Module, arch: dict, cfg: StructuredPruneConfig,
                           + ", ".join(n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))))
     ignored += [modules[n] for n in keep_layers or []]
     example = torch.zeros(1, *arch["in_shape"])
-    pruner = tp.pruner.MagnitudePruner(work, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                       pruning_ratio=cfg.ratio, ignored_layers=ignored)
+    pruner = _pruner_class(tp)(work, example, importance=tp.importance.MagnitudeImportance(p=1),
+                               pruning_ratio=cfg.ratio, ignored_layers=ignored,
+                               round_to=cfg.round_to if cfg.round_to > 1 else None)
     pruner.step()
     if widths is not None:  # the model's own constructor arguments (its definition says how)
         new_arch = {**arch, "kwargs": {**arch.get("kwargs", {}), **widths(work)}}
@@ -172,7 +213,7 @@ def apply_structured_prune(cfg: StructuredPruneConfig, state: ChainState) -> Cha
         conv_drop = next(pp for r, pp in CONV_ALLOWED_DROP_PP if cfg.ratio <= r + 1e-9)
         state.allowed_drop_pp = max(state.allowed_drop_pp, conv_drop)
     state.facts["structured_prune"] = {
-        "ratio": cfg.ratio, "layers": cfg.layers, "finetune_epochs": cfg.finetune_epochs,
+        "ratio": cfg.ratio, "layers": cfg.layers, "finetune_epochs": cfg.finetune_epochs, "round_to": cfg.round_to,
         "method": "torch_pruning.pruner.MagnitudePruner + MagnitudeImportance(p=1)",
         "before": before,
         "after": {"shapes": layer_shapes(model), "params": count_params(model),
