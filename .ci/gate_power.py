@@ -11,8 +11,10 @@ each call's own time): PLANTS below. Then, per gate run i:
 - planted: pooled A_i against pooled P_i; a fraction is caught at a batch size when its record
   is REGRESSED; any other record REGRESSED is a false alarm;
 - A vs A: pooled A_i against pooled A_{i+1} (so ``--runs`` + 1 A groups are run).
-Planting three records at once (6 of 16) biases the machine-speed factor up by a little, which
-makes the planted results slightly conservative. Writes every history, ``power.json`` (each
+With ``--confirm`` (the default, as ``.ci/ab``'s AB_CONFIRM=1), a gate run that fails is judged
+again as CI does: ROUNDS more runs per side, interleaved, pooled with the first ones; the tables
+give the verdicts before and after. Planting three records at once (6 of 16) biases the
+machine-speed factor up by a little, which makes the planted results slightly conservative. Writes every history, ``power.json`` (each
 record's normalised ratio and p, to re-judge with other tolerances) and ``power.md`` under
 ``--out``. Needs a quiet machine: nothing else may run meanwhile.
 """
@@ -72,52 +74,78 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("AB_ROUNDS", "3")),
                     help="runs per side in one gate run, as .ci/ab. Default: AB_ROUNDS or 3")
     ap.add_argument("--out", type=Path, default=REPO / ".ci" / "out" / "power", help="Default: .ci/out/power")
+    ap.add_argument("--no-confirm", dest="confirm", action="store_false",
+                    help="judge each gate run once, without .ci/ab's confirmation rounds. Default: confirm")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     policy = GatePolicy.from_config(load_config(REPO / "pyproject.toml").gate)
     plant = ",".join(f"{glob}={f}" for f, glob in PLANTS.items())
     t0 = time.time()
-    a_groups, p_groups = [], []
+    a_runs: list[list[History]] = []  # the ROUNDS unplanted runs of each group
+    aa: list[dict] = []  # per gate run: {"first": verdict, "final": verdict after confirmation}
+    pl: list[dict] = []
+
+    def confirm(base: list[History], new: list[History], tag: str, new_plant: str, first: dict) -> dict:
+        """The gate's verdict after .ci/ab's confirmation: more rounds per side when it failed."""
+        if not args.confirm or not first["alarms"]:
+            return first
+        base, new = list(base), list(new)
+        for k in range(args.rounds):
+            base.append(bench(args.out / f"{tag}_cb{k}.json", ""))
+            new.append(bench(args.out / f"{tag}_cn{k}.json", new_plant))
+        return judge(pooled(base), pooled(new), policy)
+
     for i in range(args.runs + 1):
         a, p = [], []
         for k in range(args.rounds):
             a.append(bench(args.out / f"a{i:02d}_{k}.json", ""))
             if i < args.runs:
                 p.append(bench(args.out / f"p{i:02d}_{k}.json", plant))
-        a_groups.append(pooled(a))
+        a_runs.append(a)
         if p:
-            p_groups.append(pooled(p))
+            first = judge(pooled(a), pooled(p), policy)
+            pl.append({"first": first, "final": confirm(a, p, f"p{i:02d}", plant, first)})
+        if i > 0:
+            first = judge(pooled(a_runs[i - 1]), pooled(a), policy)
+            aa.append({"first": first, "final": confirm(a_runs[i - 1], a, f"aa{i:02d}", "", first)})
         print(f"gate run {i + 1}/{args.runs + 1} measured ({time.time() - t0:.0f} s)", flush=True)
 
-    aa = [judge(a_groups[i], a_groups[i + 1], policy) for i in range(args.runs)]
-    pl = [judge(a_groups[i], p_groups[i], policy) for i in range(args.runs)]
     targets = {(f, n): glob.replace("b*", f"b{n}") for f, glob in PLANTS.items() for n in (1, 256)}
-    out = {"runs": args.runs, "rounds": args.rounds, "plants": {str(f): g for f, g in PLANTS.items()},
-           "ab_args": AB_ARGS, "seconds": round(time.time() - t0), "policy": str(policy), "a_vs_a": aa, "planted": pl}
+    out = {"runs": args.runs, "rounds": args.rounds, "confirm": args.confirm,
+           "plants": {str(f): g for f, g in PLANTS.items()}, "ab_args": AB_ARGS,
+           "seconds": round(time.time() - t0), "policy": str(policy), "a_vs_a": aa, "planted": pl}
     (args.out / "power.json").write_text(json.dumps(out, indent=1))
 
     n = args.runs
-    lines = [f"# Gate power: {n} gate runs per condition, {args.rounds} runs per side pooled "
-             f"({out['seconds']} s)", "", f"Tolerances: {policy}", "",
-             "| condition | batch 1 caught | batch 256 caught |", "|---|---|---|"]
-    for f in PLANTS:
-        lines.append(f"| +{f:.0%} planted | {sum(targets[(f, 1)] in r['regressed'] for r in pl)}/{n} | "
-                     f"{sum(targets[(f, 256)] in r['regressed'] for r in pl)}/{n} |")
     planted_ids = set(targets.values())
-    aa_fail = sum(1 for r in aa if r["alarms"])
-    pl_other = sum(1 for r in pl if set(r["regressed"]) - planted_ids)
-    lines += ["", f"A vs A: {aa_fail}/{n} gate runs failed ({sum(len(r['alarms']) for r in aa)} alarms in all); "
-                  f"planted runs with an alarm on an unplanted record: {pl_other}/{n}", ""]
-    lines += ["A-vs-A normalised ratio (pooled NEW / pooled BASE / machine factor), over every record and run:", ""]
+    passes = ["first", "final"] if args.confirm else ["first"]
+    heads = {"first": "first judgement", "final": "after confirmation"}
+    lines = [f"# Gate power: {n} gate runs per condition, {args.rounds} runs per side pooled"
+             f"{', failures confirmed on as many more' if args.confirm else ''} ({out['seconds']} s)", "",
+             f"Tolerances: {policy}", "",
+             "| condition | " + " | ".join(f"b{b} caught ({heads[s]})" for s in passes for b in (1, 256)) + " |",
+             "|---|" + "---|" * (2 * len(passes))]
+    for f in PLANTS:
+        lines.append(f"| +{f:.0%} planted | " + " | ".join(
+            f"{sum(targets[(f, b)] in r[s]['regressed'] for r in pl)}/{n}" for s in passes for b in (1, 256)) + " |")
+    for s in passes:
+        aa_fail = sum(1 for r in aa if r[s]["alarms"])
+        pl_other = sum(1 for r in pl if set(r[s]["regressed"]) - planted_ids)
+        lines += ["", f"A vs A ({heads[s]}): {aa_fail}/{n} gate runs failed ({sum(len(r[s]['alarms']) for r in aa)} "
+                      f"alarms in all); planted runs with an alarm on an unplanted record: {pl_other}/{n}"]
+    lines += ["", "A-vs-A normalised ratio (pooled NEW / pooled BASE / machine factor, first judgement), "
+                  "over every record and run:", ""]
     for b in (1, 256):
-        r = np.array([v[0] for x in aa for k, v in x["every_record"].items() if k.endswith(f"-b{b}")])
+        r = np.array([v[0] for x in aa for k, v in x["first"]["every_record"].items() if k.endswith(f"-b{b}")])
         lines.append(f"- b{b}: 95th percentile of |change| {np.percentile(np.abs(r - 1), 95):.1%}, "
                      f"99th {np.percentile(np.abs(r - 1), 99):.1%}, max {np.max(np.abs(r - 1)):.1%} ({len(r)} ratios)")
-    lines += ["", "Minimum detectable regression (smallest planted fraction caught in >= 19 of 20 gate runs):", ""]
+    last = passes[-1]
+    lines += ["", f"Minimum detectable regression ({heads[last]}; smallest planted fraction caught in >= 19 of 20 "
+                  "gate runs):", ""]
     for b in (1, 256):
-        ok = [f for f in PLANTS if sum(targets[(f, b)] in r["regressed"] for r in pl) >= 0.95 * n]
+        ok = [f for f in PLANTS if sum(targets[(f, b)] in r[last]["regressed"] for r in pl) >= 0.95 * n]
         lines.append(f"- b{b}: {min(ok):.0%}" if ok else f"- b{b}: above {max(PLANTS):.0%}")
-    alarms = [a for r in aa for a in r["alarms"]]
+    alarms = [f"{a} ({s})" for r in aa for s in passes for a in r[s]["alarms"]]
     if alarms:
         lines += ["", "A-vs-A alarms:", ""] + [f"- {a}" for a in alarms]
     (args.out / "power.md").write_text("\n".join(lines) + "\n")

@@ -48,7 +48,7 @@ FACT_KEYS = {  # per model / dataset / pair: key -> (python type(s), what it is)
     "recipe": (dict, "training recipe: TrainConfig fields, e.g. { epochs = 5, lr = 0.1 }"),
     "floor": ((int, float), "top-1 floor of the fp32 baseline, percent"),
     "allowed-drop": (dict, "top-1 drop allowed per technique kind, pp: { quantize = 0.5, prune = 1.0, "
-                           "structured = 3.0, distill = 4.0, precision = 0.5, scratch = 4.0 }"),
+                           "structured = 3.0, distill = 4.0, precision = 0.5, scratch = 4.0, share = 1.0 }"),
     "keep-layers": (list, "module names structured pruning must keep whole, e.g. [\"conv1\", \"fc3\"]"),
     "calibration-images": (int, "training images used to calibrate static int8"),
     "student-allowed-drop": ((int, float), "top-1 drop allowed when distilling into a smaller network, pp"),
@@ -69,7 +69,7 @@ GATE_KEYS = {  # [tool.squeezebench.gate] and each of its groups: key -> what it
     "energy-tol": "growth of energy per image that fails, a fraction",
     "int8-share-tol": "drop of the share of MACs run in int8 that fails, 0..1",
 }
-TECHNIQUE_KINDS = ("quantize", "precision", "prune", "structured", "distill", "scratch")
+TECHNIQUE_KINDS = ("quantize", "precision", "prune", "structured", "distill", "scratch", "share")
 INT8_METHODS = ("static", "dynamic", "qat")
 
 

@@ -8,7 +8,11 @@ Per tensor, the smallest of (sizes before the entropy coder):
   as its 16 bits, int64 buffers as int64);
 * ``sparse4`` / ``sparse8``: Deep Compression's relative indices (Han et al. 2016): the
   nonzero values in order, each with the count of zeros before it in 4 or 8 bits; a gap longer
-  than the field holds is bridged with filler entries (index 15 or 255, value zero).
+  than the field holds is bridged with filler entries (index 15 or 255, value zero);
+* for a float tensor with at most 256 distinct values (weight sharing,
+  :mod:`squeezebench.compression.share`), each of the above over its codebook indices instead of
+  its values: the codebook (the distinct values, in the stored dtype), then 4-bit indices when
+  it has at most 16 entries, else 8-bit; "zero" is the index of the value 0.
 
 Values come from the variant's ``qweights`` (int8, with their per-tensor or per-channel scale
 and zero point) when a quantize step set them, else from ``model.state_dict()`` exactly. For
@@ -18,8 +22,9 @@ coder used is in the file and in :func:`describe`'s label, e.g. ``sparse-relidx+
 
 Layout: ``b"SQZ1"``, one coder byte (0 none, 1 zlib, 2 lzma raw LZMA2), then the coded body:
 ``uint32 little-endian header length``, header JSON, payload blocks in header order
-(per tensor: [float32 scales][zero points, int8 when they fit, else int32] for int8 tensors, then
-[indices][values] or [values]).
+(per tensor: [float32 scales][zero points, int8 when they fit, else int32] for int8 tensors, or
+[codebook] for shared tensors, then [relative indices][values] or [values], values being codebook
+indices for shared tensors).
 """
 from __future__ import annotations
 
@@ -164,6 +169,30 @@ def _le(dtype_label: str) -> np.dtype:
 
 # -- encode / decode --------------------------------------------------------------------------
 
+def _codebook_options(flat: np.ndarray, le: np.dtype) -> list[tuple]:
+    """Encodings of a float tensor through its codebook, when it has at most 256 values."""
+    codebook, inv = np.unique(flat, return_inverse=True)
+    if codebook.size > 256:
+        return []
+    idx = inv.reshape(-1).astype(np.uint8)
+    narrow = codebook.size <= 16
+
+    def pack(a: np.ndarray) -> bytes:
+        return _pack4(a) if narrow else a.tobytes()
+
+    cb_bytes = codebook.astype(le).tobytes()
+    zeros = np.flatnonzero(codebook == 0)
+    z = int(zeros[0]) if zeros.size else None
+    out = [("dense", None, {"c": int(codebook.size), "z": z}, cb_bytes + pack(idx))]
+    if z is not None:
+        for bits in (4, 8):
+            pos, gaps = sparse_entries(idx, np.full(idx.shape, z, dtype=np.uint8), bits)
+            vals = idx[pos]  # a filler sits on a zero: it carries the zero index
+            out.append((f"sparse{bits}", len(pos), {"c": int(codebook.size), "z": z},
+                        cb_bytes + (_pack4(gaps) if bits == 4 else gaps.tobytes()) + pack(vals)))
+    return out
+
+
 def encode_tensors(tensors: dict[str, dict]) -> bytes:
     """Encode :func:`stored_tensors` output; the smallest of none/zlib/lzma over the body."""
     header: list[dict] = []
@@ -178,17 +207,21 @@ def encode_tensors(tensors: dict[str, dict]) -> bytes:
             zdt = "<i1" if zp.size == 0 or (zp.min() >= -128 and zp.max() <= 127) else "<i4"
             entry["q"] = {"axis": s.get("axis"), "c": int(s["scale"].size), "z": zdt}
             blocks += [s["scale"].astype("<f4").tobytes(), zp.astype(zdt).tobytes()]
-        options = [("dense", None, flat.astype(le).tobytes())]
+        options = [("dense", None, None, flat.astype(le).tobytes())]
         if flat.size > 1:
             zero = _zero_like(s).reshape(-1)
             for bits in (4, 8):
                 pos, idx = sparse_entries(flat, zero, bits)
                 ib = _pack4(idx) if bits == 4 else idx.tobytes()
-                options.append((f"sparse{bits}", len(pos), ib + flat[pos].astype(le).tobytes()))
-        enc, count, blob = min(options, key=lambda o: len(o[2]))
+                options.append((f"sparse{bits}", len(pos), None, ib + flat[pos].astype(le).tobytes()))
+            if "scale" not in s and (flat.dtype.kind == "f" or s["dtype"] == "bfloat16"):
+                options += _codebook_options(flat, le)
+        enc, count, cb, blob = min(options, key=lambda o: len(o[3]))
         entry["e"] = enc
         if count is not None:
             entry["k"] = count
+        if cb is not None:
+            entry["cb"] = cb
         header.append(entry)
         blocks.append(blob)
     hjson = json.dumps({"v": 1, "t": header}, separators=(",", ":")).encode()
@@ -242,7 +275,9 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
             s["scale"] = np.frombuffer(take(4 * c), dtype="<f4").astype(np.float32)
             s["zero_point"] = np.frombuffer(take(zdt.itemsize * c), dtype=zdt).astype(np.int32)
             s["axis"] = e["q"]["axis"]
-        if e["e"] == "dense":
+        if "cb" in e:
+            flat = _decode_codebook(e, n, le, take)
+        elif e["e"] == "dense":
             flat = np.frombuffer(take(n * le.itemsize), dtype=le)
         else:
             k = e["k"]
@@ -261,14 +296,36 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
     return out
 
 
+def _decode_codebook(e: dict, n: int, le: np.dtype, take) -> np.ndarray:
+    c, z = e["cb"]["c"], e["cb"]["z"]
+    codebook = np.frombuffer(take(c * le.itemsize), dtype=le)
+
+    def unpack(count: int) -> np.ndarray:
+        return _unpack4(take((count + 1) // 2), count) if c <= 16 else np.frombuffer(take(count), dtype=np.uint8)
+
+    if e["e"] == "dense":
+        idx = unpack(n)
+    else:
+        k = e["k"]
+        gaps = _unpack4(take((k + 1) // 2), k) if e["e"] == "sparse4" else np.frombuffer(take(k), dtype=np.uint8)
+        vals = unpack(k)
+        idx = np.full(n, z, dtype=np.uint8)
+        idx[np.cumsum(gaps.astype(np.int64) + 1) - 1] = vals
+    if idx.size and int(idx.max()) >= c:
+        raise ValueError(f"codebook index {int(idx.max())} out of range for {c} entries")
+    return codebook[idx]
+
+
 def describe(data: bytes) -> dict:
     """The coder and per-tensor encodings of compressed bytes, and a one-word label."""
     code, body = _body(data)
     header, _ = _header(body)
-    encs = {e["n"]: e["e"] for e in header["t"]}
+    encs = {e["n"]: e["e"] + ("-codebook" if "cb" in e else "") for e in header["t"]}
     sparse = any(v.startswith("sparse") for v in encs.values())
     q = any("q" in e for e in header["t"])
-    label = ("sparse-relidx" if sparse else "dense") + ("-int8" if q else "") + f"+{CODERS[code]}"
+    shared = any("cb" in e for e in header["t"])
+    label = ("sparse-relidx" if sparse else "dense") + ("-int8" if q else "") + ("-codebook" if shared else "") \
+        + f"+{CODERS[code]}"
     return {"coder": CODERS[code], "tensors": encs, "label": label, "bytes": len(data)}
 
 

@@ -31,8 +31,9 @@ REFERENCE_BACKEND = "onnxruntime"
 REFERENCE = "the fp32 ONNX file run by ONNX Runtime (CPU)"
 DEFAULT_CALIBRATION_IMAGES = 512  # as squeezebench.compression.quantize
 # What a torch-side step would need the missing torch module for, by its config's kind.
-_TORCH_SIDE = {"prune": "prune/fine-tune", "structured_prune": "prune/fine-tune", "distill": "distill",
-               "scratch": "train a scratch control against", "quantize": "fine-tune with fake-quant (QAT)"}
+_TORCH_SIDE = {"prune": "prune/fine-tune", "structured": "prune/fine-tune", "distill": "distill",
+               "scratch": "train a scratch control against", "quantize": "fine-tune with fake-quant (QAT)",
+               "share": "cluster (k-means) and fine-tune"}
 
 
 def file_baseline(wb: Engine, spec: str, dataset_name: str) -> Variant:

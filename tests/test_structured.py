@@ -119,3 +119,18 @@ def test_round_to_rounds_every_pruned_width_to_the_nearest_multiple(tiny_workben
     assert v.arch["kwargs"] == {"c1": 6, "c2": 8, "f1": 64, "f2": 40}  # 60 -> 64, 42 -> 40; conv1 kept
     assert v.facts["structured_prune"]["round_to"] == 8
     _reload_through_torch_cpu(tiny_workbench, v)
+
+
+def test_the_users_allowed_drop_for_structured_pruning_applies(tmp_path):
+    """``allowed-drop = { structured = ... }`` reaches structured pruning, over the conv default."""
+    from conftest import make_tiny_dataset
+
+    from squeezebench.config import parse_config
+    from squeezebench.settings import resolve_settings
+    from squeezebench.workbench import Workbench
+
+    cfg = parse_config({"models": {"lenet5": {"allowed-drop": {"structured": 2.5}}}}, "test")
+    wb = Workbench(resolve_settings(data_dir=tmp_path / "d", cache_dir=tmp_path / "c", threads=1), config=cfg)
+    wb._datasets["tiny"] = make_tiny_dataset()
+    assert wb.variant("lenet5", "tiny", "sprune50-conv-e1").facts["allowed_drop_pp"] == 2.5  # not the 4.0 default
+    assert wb.variant("lenet5", "tiny", "sprune50-dense-e1").facts["allowed_drop_pp"] == 2.5

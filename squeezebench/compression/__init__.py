@@ -7,7 +7,7 @@ from squeezebench.compression.base import (
 )
 from squeezebench.compression import precision  # noqa: F401  (registers)
 from squeezebench.compression import quantize  # noqa: F401  (registers)
-from squeezebench.compression import distill, prune, structured  # noqa: F401  (register)
+from squeezebench.compression import distill, prune, share, structured  # noqa: F401  (register)
 
 __all__ = ["ChainState", "CompressionConfig", "ConfigError", "apply_chain", "build_variant",
            "config_types", "parse_variant_id", "register_handler", "variant_id"]

@@ -70,7 +70,7 @@ class StructuredPruneConfig(CompressionConfig):
     recipe's learning rate. ``round_to`` > 1 rounds each pruned layer's kept width to the nearest
     multiple of it (at least ``round_to``)."""
 
-    kind = "structured_prune"
+    kind = "structured"  # the key of the user's allowed-drop table too
     ratio: float = 0.5
     layers: str = "dense"  # dense | dense+conv
     finetune_epochs: int = DEFAULT_EPOCHS
@@ -208,7 +208,8 @@ def apply_structured_prune(cfg: StructuredPruneConfig, state: ChainState) -> Cha
     model, meta = state.cached_model(tag, cfg, finetune, model=pruned, arch=new_arch,
                                      producers=("torch", "torch-pruning"))  # it chose the kept channels
     state.model, state.arch = model, new_arch
-    if cfg.allowed_drop_pp is None and cfg.layers == "dense+conv" \
+    user_drop = state.wb.config.allowed_drop(cfg.kind, state.model_name, state.dataset_name)
+    if cfg.allowed_drop_pp is None and user_drop is None and cfg.layers == "dense+conv" \
             and dataset_fact(state.dataset_name, "difficulty") != "easy":
         conv_drop = next(pp for r, pp in CONV_ALLOWED_DROP_PP if cfg.ratio <= r + 1e-9)
         state.allowed_drop_pp = max(state.allowed_drop_pp, conv_drop)

@@ -156,6 +156,8 @@ def technique_family(variant: str) -> str:
             names.append("prune")
         elif t.startswith("sprune"):
             names.append("structured")
+        elif t.startswith("share"):
+            names.append("share")
         elif t.startswith("kd-"):
             names.append("distill")
         elif t.startswith("scratch"):
