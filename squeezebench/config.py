@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 try:
     import tomllib
@@ -69,7 +69,6 @@ GATE_KEYS = {  # [tool.squeezebench.gate] and each of its groups: key -> what it
     "energy-tol": "growth of energy per image that fails, a fraction",
     "int8-share-tol": "drop of the share of MACs run in int8 that fails, 0..1",
 }
-TECHNIQUE_KINDS = ("quantize", "precision", "prune", "structured", "distill", "scratch", "share")
 INT8_METHODS = ("static", "dynamic", "qat")
 
 
@@ -105,6 +104,25 @@ class Config:
     def allowed_drop(self, kind: str, model: str | None, dataset: str | None) -> float | None:
         return self._entry("allowed-drop", kind, model, dataset)
 
+    def _scopes(self) -> list[tuple[str, dict]]:
+        return [(f"models.{m!r}", t) for m, t in self.models.items()] \
+            + [(f"datasets.{d!r}", t) for d, t in self.datasets.items()] \
+            + [(f"pairs.{m!r}.{d!r}", t) for (m, d), t in self.pairs.items()]
+
+    def technique_kinds_named(self) -> set[str]:
+        """The technique kinds the ``allowed-drop`` tables name."""
+        return {kind for _, facts in self._scopes() for kind in facts.get("allowed-drop") or {}}
+
+    def check_technique_kinds(self, known: Collection[str]) -> None:
+        """Refuse an ``allowed-drop`` entry for a technique kind not in ``known`` (the registered
+        techniques' kinds: ``squeezebench.compression.config_types()``, which this module, below
+        the engine, cannot import). The pytest plugin calls this when it loads the config."""
+        for where, facts in self._scopes():
+            for kind in facts.get("allowed-drop") or {}:
+                if kind not in known:
+                    raise ConfigFileError(f"{self.source}: {where}.allowed-drop.{kind}: unknown technique kind; "
+                                          f"known: {', '.join(sorted(known))}")
+
     def parity_min(self, method: str, model: str | None, dataset: str | None) -> float | None:
         """The user's parity minimum for an int8 ``method`` on the pair, if they set one."""
         return self._entry("parity-min", method, model, dataset)
@@ -139,10 +157,7 @@ def _check_facts(where: str, table: Any, source: str) -> dict[str, Any]:
         if key == "recipe":
             _check_recipe(f"{where}.{raw}", value, source)
         elif key == "allowed-drop":
-            for kind, pp in value.items():
-                if kind not in TECHNIQUE_KINDS:
-                    raise ConfigFileError(f"{source}: {where}.{raw}.{kind}: unknown technique kind; known: "
-                                          + ", ".join(TECHNIQUE_KINDS))
+            for kind, pp in value.items():  # kind names: Config.check_technique_kinds
                 if isinstance(pp, bool) or not isinstance(pp, (int, float)) or not 0 <= pp < 100:
                     raise ConfigFileError(f"{source}: {where}.{raw}.{kind} must be percentage points in [0, 100), "
                                           f"got {pp!r}")

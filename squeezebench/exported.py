@@ -30,10 +30,6 @@ from squeezebench.models.onnx_file import (
 REFERENCE_BACKEND = "onnxruntime"
 REFERENCE = "the fp32 ONNX file run by ONNX Runtime (CPU)"
 DEFAULT_CALIBRATION_IMAGES = 512  # as squeezebench.compression.quantize
-# What a torch-side step would need the missing torch module for, by its config's kind.
-_TORCH_SIDE = {"prune": "prune/fine-tune", "structured": "prune/fine-tune", "distill": "distill",
-               "scratch": "train a scratch control against", "quantize": "fine-tune with fake-quant (QAT)",
-               "share": "cluster (k-means) and fine-tune"}
 
 
 def file_baseline(wb: Engine, spec: str, dataset_name: str) -> Variant:
@@ -58,8 +54,8 @@ def runtime_side_step(spec: str, variant_id: str) -> CompressionConfig | None:
     if not chain:
         return None
     for cfg in chain:
-        what = _TORCH_SIDE.get(cfg.kind)
-        if what is not None and not (isinstance(cfg, QuantizeConfig) and cfg.method in ("static", "dynamic")):
+        what = cfg.needs_torch_module()
+        if what is not None:
             raise VariantUnavailable(exported_file_reason(spec, what))
     (cfg,) = chain  # precision and quantize are terminal: one of them at most
     if isinstance(cfg, PrecisionConfig) and cfg.dtype != "fp16":

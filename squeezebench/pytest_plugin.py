@@ -81,7 +81,12 @@ def load_user_config(config: pytest.Config):
     from squeezebench.config import ConfigFileError, load_config
 
     try:
-        return load_config(config.getoption("sb_config"), rootdir=config.rootpath)
+        user = load_config(config.getoption("sb_config"), rootdir=config.rootpath)
+        if user.technique_kinds_named():  # the techniques (and torch) load only when needed
+            from squeezebench.compression import config_types
+
+            user.check_technique_kinds({c.kind for c in config_types()})
+        return user
     except ConfigFileError as e:
         raise pytest.UsageError(f"squeezebench config: {e}") from None
 

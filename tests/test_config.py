@@ -61,7 +61,6 @@ def test_no_file_or_no_table_is_an_empty_config(tmp_path):
     ({"models": {"m": {"floor": True}}}, "models.'m'.floor must be"),
     ({"models": {"m": {"recipe": {"epoch": 3}}}}, "unknown recipe field models.'m'.recipe.epoch; TrainConfig fields"),
     ({"models": {"m": {"recipe": {"optimizer": "lion"}}}}, "optimizer must be sgd, adam or adamw"),
-    ({"datasets": {"d": {"allowed-drop": {"pruning": 1}}}}, "allowed-drop.pruning: unknown technique kind"),
     ({"datasets": {"d": {"allowed-drop": {"prune": 120}}}}, "must be percentage points in [0, 100)"),
     ({"models": {"m": {"parity-min": {"int8": 0.9}}}}, "parity-min.int8: unknown int8 method; known: static"),
     ({"models": {"m": {"parity-min": {"qat": 97}}}}, "must be a fraction in (0, 1], e.g. 0.97 for 97 %"),
@@ -219,3 +218,18 @@ def test_structured_pruning_of_a_resnet_without_a_width_reader(tiny_workbench):
     assert v.arch["shapes"] and v.arch.get("kwargs") == base.arch.get("kwargs")
     assert tiny_workbench.evaluate(v, "torch-cpu").parity_agreement == 1.0
     assert tiny_workbench.evaluate(v, "onnxruntime").parity_agreement >= 0.99
+
+
+def test_an_unknown_technique_kind_is_refused_when_the_plugin_loads_the_config(tmp_path):
+    """Kinds are the registered techniques' (the config module sits below them): the plugin
+    checks them once, at startup, with the file and the key in the message."""
+    import subprocess
+    import sys
+
+    (tmp_path / "pyproject.toml").write_text('[tool.squeezebench.datasets.d]\nallowed-drop = { pruning = 1 }\n')
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "allowed-drop.pruning: unknown technique kind; known: " in out and "prune" in out
+    assert "Traceback" not in out

@@ -201,3 +201,60 @@ def test_the_engine_names_no_model_or_dataset(path):
     (squeezebench/models/, the loaders in squeezebench/data.py) or in the user's config."""
     named = {s for s in _code_names(path) for w in ("lenet", "mnist", "cifar", "resnet") if w in s.lower()}
     assert not named, f"{path.name} names {sorted(named)}"
+
+
+def test_a_technique_is_one_module(tmp_path, monkeypatch):
+    """A compression technique needs its module only: the package imports every module in it
+    (so it registers), and what the engine asks of a technique (its token, its handler, what it
+    needs the torch module for, its kind in the user's allowed-drop table, its plot group) is
+    asked of the config, not listed anywhere else. Here the module is this test's few lines."""
+    import pkgutil
+    from dataclasses import dataclass
+
+    import torch
+
+    import squeezebench.compression as compression
+    from conftest import new_tiny_workbench
+    from squeezebench.compression import base
+    from squeezebench.config import ConfigFileError, parse_config
+    from squeezebench.reports.analysis import technique_family
+
+    registered = {c.__module__.rpartition(".")[2] for c in base.config_types()}
+    assert {m.name for m in pkgutil.iter_modules(compression.__path__)} - {"base"} <= registered
+
+    monkeypatch.setattr(base, "_CONFIG_TYPES", list(base._CONFIG_TYPES))
+    monkeypatch.setattr(base, "_HANDLERS", dict(base._HANDLERS))
+
+    # -- the one module: squeezebench/compression/negate.py ----------------------------------------
+    @dataclass(frozen=True)
+    class NegateConfig(base.CompressionConfig):
+        kind = "negate"
+
+        def token(self) -> str:
+            return "negate"
+
+        @classmethod
+        def parse(cls, token):
+            return cls() if token == "negate" else None
+
+        def needs_torch_module(self) -> str:
+            return "negate weights"
+
+    @base.register_handler(NegateConfig)
+    def apply_negate(cfg, state):
+        with torch.no_grad():
+            state.model.fc3.weight.neg_()
+        return state
+    # ----------------------------------------------------------------------------------------------
+
+    wb = new_tiny_workbench(tmp_path)
+    v = wb.variant("lenet300_100", "tiny", "prune50+negate")
+    assert v.chain[-1]["kind"] == "negate"
+    assert torch.equal(v.model.fc3.weight, -wb.variant("lenet300_100", "tiny", "prune50").model.fc3.weight)
+    assert technique_family("prune50+negate") == "prune+negate"
+    user = parse_config({"models": {"lenet300_100": {"allowed-drop": {"negate": 2.0, "negat": 1.0}}}}, "t")
+    with pytest.raises(ConfigFileError, match="allowed-drop.negat: unknown technique kind"):
+        user.check_technique_kinds({c.kind for c in base.config_types()})
+    ok = parse_config({"models": {"lenet300_100": {"allowed-drop": {"negate": 2.0}}}}, "t")
+    ok.check_technique_kinds({c.kind for c in base.config_types()})
+    assert ok.allowed_drop("negate", "lenet300_100", "tiny") == 2.0

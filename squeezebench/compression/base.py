@@ -45,6 +45,12 @@ class CompressionConfig:
     def default_allowed_drop(self) -> float:
         return 1.0
 
+    def needs_torch_module(self) -> str | None:
+        """What this step does that needs the model's torch module ("prune/fine-tune"), or None
+        for a step each runtime can apply to an exported file (fp16, post-training int8); a
+        variant of an ``onnx:`` file skips the former with this reason."""
+        return None
+
     def drop(self) -> float:
         return self.default_allowed_drop() if self.allowed_drop_pp is None else self.allowed_drop_pp
 

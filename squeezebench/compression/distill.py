@@ -170,6 +170,9 @@ class DistillConfig(CompressionConfig):
                    student=None if m["self"] else (m["s"] or "mlp_student"),
                    epochs=int(m["e"]) if m["e"] else None)
 
+    def needs_torch_module(self) -> str:
+        return "distill"
+
     def default_allowed_drop(self) -> float:
         # A separate student's default depends on the dataset; the handler applies
         # student_drop(dataset) (see the module docstring).
@@ -202,6 +205,9 @@ class ScratchConfig(CompressionConfig):
         if not m:
             return None
         return cls(student=m["s"], epochs=int(m["e"]) if m["e"] else None)
+
+    def needs_torch_module(self) -> str:
+        return "train a scratch control against"
 
     def default_allowed_drop(self) -> float:
         return 1.0

@@ -113,6 +113,9 @@ class PruneConfig(CompressionConfig):
                    steps=int(m["steps"]) if m["steps"] else None,
                    finetune_epochs=int(m["epochs"]) if m["epochs"] else None)
 
+    def needs_torch_module(self) -> str:
+        return "prune/fine-tune"
+
     def default_allowed_drop(self) -> float:
         if self.sparsity <= 0.9 + 1e-9:
             return 1.0

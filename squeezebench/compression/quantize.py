@@ -126,6 +126,10 @@ class QuantizeConfig(CompressionConfig):
                    calibration_images=int(cal) if cal else None,
                    per_channel=not pt, qat_epochs=int(epochs) if epochs else _DEFAULTS["qat_epochs"])
 
+    def needs_torch_module(self) -> str | None:
+        # static and dynamic int8: each runtime quantizes the exported file itself
+        return "fine-tune with fake-quant (QAT)" if self.method == "qat" else None
+
     def default_allowed_drop(self) -> float:
         return 0.5
 

@@ -58,6 +58,9 @@ class WeightShareConfig(CompressionConfig):
             raise ConfigError(f"lr_scale multiplies the recipe's learning rate and must be > 0, got "
                               f"{self.lr_scale!r}; try 0.1")
 
+    def needs_torch_module(self) -> str:
+        return "cluster (k-means) and fine-tune"
+
     def token(self) -> str:
         return f"share{self.bits}" + (f"-e{self.finetune_epochs}" if self.finetune_epochs != DEFAULT_EPOCHS else "")
 

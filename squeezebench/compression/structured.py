@@ -106,6 +106,9 @@ class StructuredPruneConfig(CompressionConfig):
                    finetune_epochs=int(m["epochs"]) if m["epochs"] else DEFAULT_EPOCHS,
                    round_to=int(m["round"]) if m["round"] else 1)
 
+    def needs_torch_module(self) -> str:
+        return "prune/fine-tune"
+
     def default_allowed_drop(self) -> float:
         if self.ratio <= 0.5 + 1e-9:
             return 1.0

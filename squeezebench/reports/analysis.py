@@ -156,8 +156,6 @@ def technique_family(variant: str) -> str:
             names.append("prune")
         elif t.startswith("sprune"):
             names.append("structured")
-        elif t.startswith("share"):
-            names.append("share")
         elif t.startswith("kd-"):
             names.append("distill")
         elif t.startswith("scratch"):
@@ -165,5 +163,7 @@ def technique_family(variant: str) -> str:
         elif t.startswith("int8"):
             names.append("int8")
         else:
-            names.append(t if t in PRECISION_BITS else "other")
+            # any other technique: its token's leading word (share4 -> share), so a new one
+            # gets its own legend group without a line here
+            names.append(t if t in PRECISION_BITS else (re.match(r"[a-z]*", t).group() or "other"))
     return "+".join(dict.fromkeys(names)) or "fp32"
