@@ -52,7 +52,7 @@ def test_projection_puts_weights_back_on_their_cluster_means():
         m[0].weight[:, :10] = 0
     project = SharedWeights(m, 3)
     assert max(distinct_values(m).values()) <= 8
-    idx = project.assign["0"][0]
+    idx = project.assign["0"][0].reshape(m[0].weight.shape)
     with torch.no_grad():
         m[0].weight.add_(torch.randn_like(m[0].weight) * 0.01)  # an optimizer step
         before = m[0].weight.clone()

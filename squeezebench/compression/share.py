@@ -84,7 +84,7 @@ def cluster(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     k = (1 << bits) - (1 if has_zero else 0)
     vals = flat[nz]
     index = np.zeros(flat.shape, dtype=np.int64)
-    if vals.size == 0 or k < 1:  # all zero, or 1 bit for a pruned layer: everything is zero
+    if vals.size == 0:  # an all-zero layer stays so
         return np.zeros(1), index.reshape(w.shape)
     distinct = np.unique(vals)
     if distinct.size <= k:  # already few values: each is its own centroid
@@ -105,26 +105,25 @@ class SharedWeights:
     weights on their centroids (the ``after_step`` of fine-tuning)."""
 
     def __init__(self, model: nn.Module, bits: int):
-        self.assign: dict[str, tuple[torch.Tensor, int, bool]] = {}
+        # per layer: flat cluster index, cluster sizes (fixed, so counted once), zero kept at 0
+        self.assign: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
         for name, mod in prunable(model):
             w = mod.weight.detach().cpu().float().numpy()
             codebook, index = cluster(w, bits)
-            has_zero = bool((w == 0).any())
             idx = torch.from_numpy(index)
-            self.assign[name] = (idx, len(codebook), has_zero)
+            sizes = torch.bincount(idx.reshape(-1), minlength=len(codebook)).clamp_min(1).float()
+            self.assign[name] = (idx.reshape(-1), sizes, bool((w == 0).any()))
             with torch.no_grad():
                 mod.weight.copy_(torch.from_numpy(codebook).to(mod.weight.dtype)[idx])
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> None:
         mods = dict(model.named_modules())
-        for name, (idx, k, has_zero) in self.assign.items():
+        for name, (flat_idx, sizes, has_zero) in self.assign.items():
             w = mods[name].weight
-            flat_idx = idx.reshape(-1).to(w.device)
             flat = w.detach().reshape(-1).float()
-            sums = torch.zeros(k, dtype=torch.float32, device=w.device).index_add_(0, flat_idx, flat)
-            counts = torch.bincount(flat_idx, minlength=k).clamp_min(1).float()
-            centroids = sums / counts
+            sums = torch.zeros(len(sizes), dtype=torch.float32).index_add_(0, flat_idx, flat)
+            centroids = sums / sizes
             if has_zero:
                 centroids[0] = 0.0
             w.copy_(centroids[flat_idx].reshape(w.shape).to(w.dtype))
