@@ -40,6 +40,18 @@ class QuantSpec:
     qat_model: nn.Module | None = None  # qat: the fine-tuned fake-quant model; its grid is what gets exported
 
 
+@dataclass(frozen=True)
+class WeightOnlySpec:
+    """Weight-only quantization, declared for the runtimes that run it: the Linear (MatMul)
+    weights stored on ``bits`` bits, symmetric, one scale per ``group_size`` consecutive inputs of
+    each output; activations stay float. Names no runtime: a backend whose runtime has no such
+    kernels says so in ``support_reason``."""
+
+    bits: int
+    group_size: int
+    label: str = ""  # the step's variant token (``woq4-g32``)
+
+
 @dataclass(frozen=True, eq=False)
 class ExportSpec:
     """What a variant is, for the exporters: its number format and, for int8, its quantization.
@@ -50,6 +62,9 @@ class ExportSpec:
     # their own way from it (None: the variant's model is that model).
     float_model: nn.Module | None = None
     quantization: QuantSpec | None = None
+    # Weight-only quantization of the MatMul weights (the float model in ``float_model``); every
+    # runtime that runs it quantizes ``float_model`` with its own tool.
+    weight_only: WeightOnlySpec | None = None
     # An exported model file (ONNX: ``--sb-models onnx:<path>``) the runtimes' artifacts start
     # from instead of a torch module: written by the exporters registered for files
     # (``squeezebench.backends.base.register_file_exporter``); the variant then has no torch model.

@@ -9,13 +9,15 @@ Per tensor, the smallest of (sizes before the entropy coder):
 * ``sparse4`` / ``sparse8``: Deep Compression's relative indices (Han et al. 2016): the
   nonzero values in order, each with the count of zeros before it in 4 or 8 bits; a gap longer
   than the field holds is bridged with filler entries (index 15 or 255, value zero);
-* for a float tensor with at most 256 distinct values (weight sharing,
-  :mod:`squeezebench.compression.share`), each of the above over its codebook indices instead of
-  its values: the codebook (the distinct values, in the stored dtype), then 4-bit indices when
+* for a tensor with at most 256 distinct values (weight sharing,
+  :mod:`squeezebench.compression.share`; the 4-bit codes of
+  :mod:`squeezebench.compression.weight_only`), each of the above over its codebook indices instead
+  of its values: the codebook (the distinct values, in the stored dtype), then 4-bit indices when
   it has at most 16 entries, else 8-bit; "zero" is the index of the value 0.
 
 Values come from the variant's ``qweights`` (int8, with their per-tensor or per-channel scale
-and zero point) when a quantize step set them, else from ``model.state_dict()`` exactly. For
+and zero point; 4-bit weight-only codes with one scale per group, the group size in the
+header) when a quantize step set them, else from ``model.state_dict()`` exactly. For
 int8 tensors "zero" means the zero point. The whole body (a compact JSON header and the
 payload) then goes through zlib or lzma from the standard library when that is smaller; the
 coder used is in the file and in :func:`describe`'s label, e.g. ``sparse-relidx+lzma``.
@@ -76,7 +78,7 @@ def stored_tensors(model_or_state: Any, qweights: dict | None = None) -> dict[st
         out[name] = {"values": vals, "dtype": vals.dtype.name,
                      "scale": np.asarray(q["scale"], dtype=np.float32).reshape(-1),
                      "zero_point": np.asarray(q["zero_point"]).reshape(-1).astype(np.int32),
-                     "axis": q.get("axis")}
+                     "axis": q.get("axis"), **({"group_size": int(q["group_size"])} if q.get("group_size") else {})}
     return out
 
 
@@ -122,6 +124,9 @@ def _zero_like(s: dict) -> np.ndarray:
         return np.zeros(a.shape, dtype=a.dtype)
     zp = s["zero_point"]
     axis = s.get("axis")
+    if s.get("group_size"):  # one zero point per group of inputs of each row (4-bit weight-only)
+        rows, cols = a.shape
+        return np.repeat(zp.reshape(rows, -1), s["group_size"], axis=1)[:, :cols].astype(a.dtype)
     if axis is None or zp.size == 1:
         return np.full(a.shape, zp.reshape(-1)[0], dtype=a.dtype)
     shape = [1] * a.ndim
@@ -170,7 +175,7 @@ def _le(dtype_label: str) -> np.dtype:
 # -- encode / decode --------------------------------------------------------------------------
 
 def _codebook_options(flat: np.ndarray, le: np.dtype) -> list[tuple]:
-    """Encodings of a float tensor through its codebook, when it has at most 256 values."""
+    """Encodings of a tensor through its codebook, when it has at most 256 values."""
     codebook, inv = np.unique(flat, return_inverse=True)
     if codebook.size > 256:
         return []
@@ -205,7 +210,8 @@ def encode_tensors(tensors: dict[str, dict]) -> bytes:
         if "scale" in s:
             zp = s["zero_point"]
             zdt = "<i1" if zp.size == 0 or (zp.min() >= -128 and zp.max() <= 127) else "<i4"
-            entry["q"] = {"axis": s.get("axis"), "c": int(s["scale"].size), "z": zdt}
+            entry["q"] = {"axis": s.get("axis"), "c": int(s["scale"].size), "z": zdt,
+                          **({"g": s["group_size"]} if s.get("group_size") else {})}
             blocks += [s["scale"].astype("<f4").tobytes(), zp.astype(zdt).tobytes()]
         options = [("dense", None, None, flat.astype(le).tobytes())]
         if flat.size > 1:
@@ -214,8 +220,8 @@ def encode_tensors(tensors: dict[str, dict]) -> bytes:
                 pos, idx = sparse_entries(flat, zero, bits)
                 ib = _pack4(idx) if bits == 4 else idx.tobytes()
                 options.append((f"sparse{bits}", len(pos), None, ib + flat[pos].astype(le).tobytes()))
-            if "scale" not in s and (flat.dtype.kind == "f" or s["dtype"] == "bfloat16"):
-                options += _codebook_options(flat, le)
+            # Few distinct values (weight sharing; 4-bit codes): indices into a codebook.
+            options += _codebook_options(flat, le)
         enc, count, cb, blob = min(options, key=lambda o: len(o[3]))
         entry["e"] = enc
         if count is not None:
@@ -275,6 +281,8 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
             s["scale"] = np.frombuffer(take(4 * c), dtype="<f4").astype(np.float32)
             s["zero_point"] = np.frombuffer(take(zdt.itemsize * c), dtype=zdt).astype(np.int32)
             s["axis"] = e["q"]["axis"]
+            if "g" in e["q"]:
+                s["group_size"] = e["q"]["g"]
         if "cb" in e:
             flat = _decode_codebook(e, n, le, take)
         elif e["e"] == "dense":
@@ -324,7 +332,8 @@ def describe(data: bytes) -> dict:
     sparse = any(v.startswith("sparse") for v in encs.values())
     q = any("q" in e for e in header["t"])
     shared = any("cb" in e for e in header["t"])
-    label = ("sparse-relidx" if sparse else "dense") + ("-int8" if q else "") + ("-codebook" if shared else "") \
+    grouped = any("g" in e.get("q", {}) for e in header["t"])
+    label = ("sparse-relidx" if sparse else "dense") + ("-int4-grouped" if grouped else "-int8" if q else "") + ("-codebook" if shared else "") \
         + f"+{CODERS[code]}"
     return {"coder": CODERS[code], "tensors": encs, "label": label, "bytes": len(data)}
 
@@ -335,10 +344,16 @@ def encode(variant: Any) -> bytes:
     return encode_tensors(stored_tensors(variant.model, getattr(variant, "qweights", None)))
 
 
-def dequantize(decoded: dict[str, np.ndarray], name: str, axis: int | None = None) -> np.ndarray:
-    """Float weights of an int8 tensor from :func:`decode`: scale * (q - zero_point)."""
+def dequantize(decoded: dict[str, np.ndarray], name: str, axis: int | None = None,
+               group_size: int | None = None) -> np.ndarray:
+    """Float weights of an integer tensor from :func:`decode`: scale * (q - zero_point); with
+    ``group_size`` (2-D, weight-only 4-bit) one scale per group of that many inputs per row."""
     q = decoded[name].astype(np.float32)
     scale, zp = decoded[name + QSUFFIX_SCALE], decoded[name + QSUFFIX_ZERO_POINT].astype(np.float32)
+    if group_size:
+        rows, cols = q.shape
+        per = lambda a: np.repeat(a.reshape(rows, -1), group_size, axis=1)[:, :cols]  # noqa: E731
+        return per(scale) * (q - per(zp))
     if scale.size > 1 and axis is not None:
         shape = [1] * q.ndim
         shape[axis] = -1

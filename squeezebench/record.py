@@ -159,7 +159,7 @@ def parity_fields(backend: str, variant: Variant) -> dict:
     artifact round-trips."""
     if variant.export.source_file is not None:
         return _file_parity_fields(backend, variant)
-    quant = variant.facts.get("quantization")
+    quant = variant.facts.get("quantization") or variant.facts.get("weight_only")
     ref = quant.get("reference") if isinstance(quant, dict) else None
     dtype = str(variant.arch.get("dtype", "float32"))
     reference = (f"{ref} (the variant's torch module, in process)" if ref

@@ -242,8 +242,8 @@ class Workbench:
         v.formats, v.unsupported = support(v)
         if v.unsupported:
             v.facts["unsupported_backends"] = dict(v.unsupported)
-        quant = v.facts.get("quantization")
-        if v.export.quantization is not None and isinstance(quant, dict):
+        quant = v.facts.get("quantization") or v.facts.get("weight_only")
+        if (v.export.quantization is not None or v.export.weight_only is not None) and isinstance(quant, dict):
             quant["tools"] = {fmt: tool for fmt in v.formats if (tool := exporter_for(v, fmt).tool(v))}
         return v
 

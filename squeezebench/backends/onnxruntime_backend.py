@@ -35,7 +35,7 @@ INT8_CONVERT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuan
 # Which input of a compute op holds its weight (default 1: Conv, Gemm, MatMul, *Integer).
 _WEIGHT_INPUT = {"QLinearConv": 3, "QGemm": 3, "QLinearMatMul": 3}
 FLOAT_COMPUTE_OPS = frozenset({"Conv", "FusedConv", "NchwcConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul",
-                               "ConvTranspose"})
+                               "ConvTranspose", "MatMulNBits"})
 # The multiply-accumulate ops among them: what the int8 share is a share of (QLinearAdd & co. are
 # elementwise and carry no MACs). Ops that quantize their float input themselves are "dynamic".
 INT8_MAC_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger",
@@ -333,6 +333,63 @@ def _write_qat(v: Variant, out: Path) -> str:
     return onnx_export.write_qdq_onnx(v.export.quantization.qat_model, v.in_shape, out)
 
 
+def gemm_as_matmul(model) -> int:
+    """Rewrite every ``Gemm(X, W, b)`` of a torch export (alpha = beta = 1, ``transB=1``, W an
+    initializer) as ``MatMul(X, W^T) + b`` in place; returns how many. ONNX Runtime's 4-bit
+    quantizer takes MatMul only, and torch exports ``nn.Linear`` on 2-D inputs as Gemm."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    nodes, n = [], 0
+    for node in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        w = inits.get(node.input[1]) if node.op_type == "Gemm" and len(node.input) > 1 else None
+        if (w is None or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        wt = numpy_helper.to_array(w)
+        if attrs.get("transB", 0):
+            wt = wt.T
+        wname = f"{node.input[1]}_kn"
+        g.initializer.append(numpy_helper.from_array(wt.copy(), wname))
+        if len(node.input) > 2 and node.input[2]:
+            mm = f"{node.output[0]}_matmul"
+            nodes += [helper.make_node("MatMul", [node.input[0], wname], [mm], name=f"{node.name}_MatMul"),
+                      helper.make_node("Add", [mm, node.input[2]], list(node.output), name=f"{node.name}_Add")]
+        else:
+            nodes.append(helper.make_node("MatMul", [node.input[0], wname], list(node.output), name=f"{node.name}_MatMul"))
+        n += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for node in g.node for i in node.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    onnx.checker.check_model(model)
+    return n
+
+
+@produced_by("torch", "onnx", "onnxruntime")
+def _write_weight_only(v: Variant, out: Path) -> str:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    spec = v.export.weight_only
+    with tempfile.TemporaryDirectory() as work:
+        name = onnx_export.write_onnx(v.export.float_model, v.in_shape, Path(work))
+        model = onnx.load(str(Path(work) / name))
+    gemm_as_matmul(model)
+    q = MatMulNBitsQuantizer(model, bits=spec.bits, block_size=spec.group_size, is_symmetric=True)
+    q.process()
+    onnx.save_model(q.model.model, str(out / "model.onnx"))
+    return "model.onnx"
+
+
+WEIGHT_ONLY_TOOL = ("onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer (MatMulNBits, symmetric, "
+                    "RTN; Gemm rewritten as MatMul first)")
+
 _INT8_WRITERS = {"static": _write_static, "dynamic": _write_dynamic, "qat": _write_qat}
 _INT8_TOOLS = {
     "static": "onnxruntime.quantization.quantize_static (QDQ, MinMax, U8S8, reduce_range: 7-bit weights)",
@@ -352,6 +409,8 @@ class OnnxExporter(Exporter):
 
     def writer(self, v: Variant) -> Writer:
         q = v.export.quantization
+        if v.export.weight_only is not None:
+            return _write_weight_only
         return _INT8_WRITERS[q.method] if q is not None else _write_plain
 
     def code(self) -> tuple:
@@ -362,4 +421,6 @@ class OnnxExporter(Exporter):
 
     def tool(self, v: Variant) -> str | None:
         q = v.export.quantization
+        if v.export.weight_only is not None:
+            return WEIGHT_ONLY_TOOL
         return _INT8_TOOLS[q.method] if q is not None else None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 import squeezebench.backends.onnx_export as onnx_export
 from squeezebench.backends.base import (
@@ -209,6 +210,8 @@ class OpenVINOCPU(Backend):
             return OPENVINO_NO_FP64
         if v.export.quantization is not None and v.export.quantization.method == "dynamic":
             return OPENVINO_NO_DYNAMIC
+        if v.export.weight_only is not None:
+            return weight_only_group_reason(v)
         return None
 
     def load(self, artifact: Artifact) -> Session:
@@ -236,6 +239,21 @@ class OpenVINOCPU(Backend):
             except RuntimeError as e:
                 raise BackendUnavailable(compile_failure(ov.__version__, e)) from None
         return session
+
+
+def weight_only_group_reason(v: Variant) -> str | None:
+    """NNCF's 4-bit groups must divide each MatMul's input width (ONNX Runtime pads the last
+    group); a layer it cannot group would stay in float under a 4-bit name, so the record skips."""
+    g = v.export.weight_only.group_size
+    model = v.export.float_model if v.export.float_model is not None else v.model
+    bad = [f"{name} ({m.in_features} inputs)" for name, m in model.named_modules()
+           if isinstance(m, nn.Linear) and m.in_features % g]
+    if not bad:
+        return None
+    fits = max((d for d in (16, 32, 64, 128) if all(m.in_features % d == 0 for m in model.modules()
+                                                      if isinstance(m, nn.Linear))), default=None)
+    return (f"NNCF's 4-bit weight compression needs the group size ({g}) to divide every MatMul's input width; "
+            f"not {', '.join(bad)}" + (f": woq4-g{fits} runs here" if fits else ""))
 
 
 def compile_failure(version: str, error: Exception) -> str:
@@ -315,6 +333,22 @@ def _write_static(v: Variant, out: Path) -> str:
     return _save(nncf_quantize_static(ov_model, q.calibration, q.per_channel), v, out)
 
 
+@produced_by("torch", "onnx", "openvino", "nncf")
+def _write_weight_only(v: Variant, out: Path) -> str:
+    import nncf
+    import openvino as ov
+
+    spec = v.export.weight_only
+    with tempfile.TemporaryDirectory() as work:
+        ov_model = ov.convert_model(str(_source_onnx(v, Path(work))))
+    # all_layers: the first and last MatMul too (NNCF keeps them 8-bit by default), as the variant says
+    compressed = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=spec.group_size,
+                                       ratio=1.0, all_layers=True)
+    return _save(compressed, v, out)
+
+
+WEIGHT_ONLY_TOOL = "nncf.compress_weights on the OpenVINO model (INT4_SYM, every MatMul, ratio 1.0)"
+
 _INT8_TOOLS = {
     "static": ("nncf.quantize on the OpenVINO model (overflow_fix=ENABLE: 7-bit weights; "
                "global min/max activation ranges; full bias correction)"),
@@ -332,6 +366,8 @@ class OpenVINOExporter(Exporter):
 
     def writer(self, v: Variant) -> Writer:
         q = v.export.quantization
+        if v.export.weight_only is not None:
+            return _write_weight_only
         return _write_static if q is not None and q.method == "static" else _write_converted
 
     def code(self) -> tuple:
@@ -342,4 +378,6 @@ class OpenVINOExporter(Exporter):
 
     def tool(self, v: Variant) -> str | None:
         q = v.export.quantization
+        if v.export.weight_only is not None:
+            return WEIGHT_ONLY_TOOL
         return _INT8_TOOLS.get(q.method) if q is not None else None

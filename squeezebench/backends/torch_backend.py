@@ -141,10 +141,20 @@ class TorchSession(Session):
         return int8_facts(f"torch on {self.device.type}", self.requested_quantization, ops, evidence)
 
 
+# Eager PyTorch has no 4-bit weight kernels for Linear (torchao's int4 paths need torch.compile
+# or CUDA): running the dequantized reference would time an fp32 model under a 4-bit name.
+TORCH_NO_WEIGHT_ONLY = ("PyTorch eager has no 4-bit weight-only Linear kernels: the variant's torch module holds "
+                        "the dequantized float weights, so a record here would time fp32")
+
+
 @register_backend
 class TorchCPU(Backend):
     name = "torch-cpu"
     artifact_format = "torch"
+
+    @classmethod
+    def support_reason(cls, v: Variant) -> str | None:
+        return TORCH_NO_WEIGHT_ONLY if v.export.weight_only is not None else None
 
     def load(self, artifact: Artifact) -> Session:
         # torch's intra-op pool is process-wide; the session pins it to the requested count.
@@ -169,6 +179,8 @@ class TorchCUDA(Backend):
 
     @classmethod
     def support_reason(cls, v: Variant) -> str | None:
+        if v.export.weight_only is not None:
+            return TORCH_NO_WEIGHT_ONLY
         return TORCH_CUDA_NO_INT8 if v.export.quantization is not None else None
 
     def load(self, artifact: Artifact) -> Session:

@@ -19,7 +19,8 @@ def _parser(prog: str = "squeezebench") -> argparse.ArgumentParser:
                     "(.benchmarks/<machine>/NNNN_*.json). Reads only; never reruns a benchmark. "
                     "Unreadable files are named on stderr and the others are still read.",
         epilog="views: summary, speedups, paper, plots, markdown, html, compare, trend. "
-               f"'{prog} VIEW --help' for each one's options.")
+               f"'{prog} VIEW --help' for each one's options. '{prog} search --help': the budget search "
+               "(trains and measures; not a view).")
     sub = p.add_subparsers(dest="view", metavar="VIEW", required=True)
 
     s = sub.add_parser("summary", help="machines and every record, as a text table")
@@ -59,6 +60,9 @@ def _parser(prog: str = "squeezebench") -> argparse.ArgumentParser:
             v.add_argument("--no-paper", action="store_true", help="leave out the study's tables")
         if name == "markdown":
             v.add_argument("--embed", action="store_true", help="embed images as data URIs instead of links")
+        if name == "html":
+            v.add_argument("--budget-pp", type=float, default=1.0,
+                           help="top-1 drop from fp32 (same runtime) a recommended variant may have, pp. Default: 1.0")
 
     c = sub.add_parser(
         "compare", help="regression gate: exit 1 when NEW regresses against BASE",
@@ -233,7 +237,7 @@ def cmd_report(args) -> int:
     if args.view == "markdown":
         path = render.markdown(hs, args.output, embed=args.embed, **kw)
     else:
-        path = render.html_report(hs, args.output, **kw)
+        path = render.html_report(hs, args.output, budget_pp=args.budget_pp, **kw)
     print(f"wrote {path}")
     return 0
 

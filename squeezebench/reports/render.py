@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from squeezebench.reports import paper
-from squeezebench.reports.analysis import RATIO_BACKEND, compression_reality, latency_ratio
+from squeezebench.reports.analysis import RATIO_BACKEND, compression_reality, latency_ratio, pareto_front
 from squeezebench.reports.history import History, Record, group_by_machine
 from squeezebench.reports.plots import Plot, all_plots, energy_unavailable_reasons
 from squeezebench.reports.tables import MISSING, Table, fmt, fmt_kb, fmt_x
@@ -181,6 +181,88 @@ def speedup_table(run: Run, batches: tuple[int, ...] = (1, 256), title: str = "S
         "1 kB = 1000 B. INVALID: a record failed its guardrail or parity check."])
 
 
+DEFAULT_BUDGET_PP = 1.0
+
+
+def _within_budget(run: Run, budget_pp: float) -> dict[tuple, list[Record]]:
+    """Valid records per (model, dataset, backend, batch) whose top-1 is within ``budget_pp`` of
+    the fp32 record of the same backend (the fp32 record itself included)."""
+    by_key = {r.key: r for r in run.records}
+    out: dict[tuple, list[Record]] = {}
+    for r in run.records:
+        m, d, v, b, n = r.key
+        base = by_key.get((m, d, "fp32", b, n))
+        if base is None or not r.valid or r.n("per_image_us") is None or r.n("top1") is None or base.n("top1") is None:
+            continue
+        if r.n("top1") >= base.n("top1") - budget_pp:
+            out.setdefault((m, d, b, n), []).append(r)
+    return out
+
+
+def recommended_table(run: Run, budget_pp: float = DEFAULT_BUDGET_PP, title: str = "Recommended variant per runtime and batch") -> Table:
+    """Per model, dataset, runtime and batch: the fastest valid variant whose top-1 is within the
+    budget of fp32 on that runtime, with its interval and its speedup over fp32 there."""
+    speed = {x.record.key: x for x in compression_reality(run.records)}
+    rows = []
+    for (m, d, b, n), recs in sorted(_within_budget(run, budget_pp).items(), key=lambda kv: _sort_key((*kv[0][:2], "", *kv[0][2:]))):
+        best = min(recs, key=lambda r: r.n("per_image_us"))
+        base = next(r for r in recs if r["variant"] == "fp32") if any(r["variant"] == "fp32" for r in recs) else None
+        x = speed.get(best.key)
+        sp = "1.00x (fp32 is fastest)" if best["variant"] == "fp32" else (
+            fmt_x(x.speedup if x else None) + (_ci_text(x.band, 2) if x is not None else "")
+            + (f" ({x.change})" if x is not None and x.change else ""))
+        rows.append([str(m), str(d), str(b), str(n), str(best["variant"]), fmt(best.n("top1")),
+                     fmt(base.n("top1")) if base else MISSING,
+                     fmt(best.n("per_image_us"), 2) + _ci_text(best.get("latency_p50_ci95_us"), 2), sp,
+                     fmt_kb(best.size()[0])])
+    return Table(title, ["model", "dataset", "runtime", "batch", "recommended", "top-1 %", "fp32 top-1 %",
+                         "µs/image p50 [95 % CI]", "speedup vs fp32 here", "size kB"], rows, anchor="recommended",
+                 notes=[f"Budget: top-1 at most {budget_pp:g} pp below fp32 on the same runtime (html --budget-pp); "
+                        "only valid records (guardrail and parity passed). Speedup in brackets: between the two "
+                        "medians' interval ends; a bracket containing 1.00 is no measurable change."])
+
+
+def explorer_figures(run: Run, budget_pp: float = DEFAULT_BUDGET_PP) -> list:
+    """One interactive Pareto plot per model and dataset (plotly): top-1 against size, hover with
+    the variant id, top-1, bytes and the batch-1 latency per runtime; the front and the winners
+    (smallest, and fastest at batch 1 per runtime, within the budget) highlighted."""
+    from squeezebench.reports import interactive
+    from squeezebench.reports.analysis import technique_family
+
+    figs = []
+    fast = _within_budget(run, budget_pp)
+    pairs: dict[tuple, list[Record]] = {}
+    for r in run.records:
+        pairs.setdefault((r["model"], r["dataset"]), []).append(r)
+    for (m, d), recs in sorted(pairs.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
+        per_variant: dict[str, dict] = {}
+        for r in sorted(recs, key=lambda r: (r["backend"] != "torch-cpu", r["batch"])):
+            size, _ = r.size()
+            if size is None or r.n("top1") is None:
+                continue
+            p = per_variant.setdefault(r["variant"], {"variant": r["variant"], "top1": r.n("top1"), "bytes": size,
+                                                      "group": technique_family(r["variant"])})
+            if r["batch"] == 1 and r.n("per_image_us") is not None:
+                p[f"{r['backend']} b1 µs"] = f"{r.n('per_image_us'):.2f}" + ("" if r.valid else " (invalid)")
+        pts = list(per_variant.values())
+        if not pts:
+            continue
+        front = {pts[i]["variant"] for i in pareto_front([(p["bytes"], p["top1"]) for p in pts])}
+        base = per_variant.get("fp32")
+        winners = {}
+        ok = [p for p in pts if base is None or p["top1"] >= base["top1"] - budget_pp]
+        if ok:
+            winners["smallest"] = min(ok, key=lambda p: p["bytes"])["variant"]
+        for (mm, dd, b, n), rs in fast.items():
+            if (mm, dd) == (m, d) and n == 1:
+                winners[f"fastest on {b} b1"] = min(rs, key=lambda r: r.n("per_image_us"))["variant"]
+        hover = sorted({k for p in pts for k in p if k.endswith("b1 µs")})
+        figs.append((f"{m} on {d}", interactive.pareto_figure(
+            pts, title=f"{m} on {d}: top-1 against size", x="bytes", x_title="bytes (compressed, else artifact; log)",
+            front=front, winners=winners, hover=hover), winners))
+    return figs
+
+
 def _plots_for(runs: list[Run], out: Path, formats: tuple[str, ...]) -> list[tuple[str, list[Plot]]]:
     res = []
     for run in runs:
@@ -262,15 +344,34 @@ figcaption{font-size:12px;color:#555}
 """
 
 
-def html_report(histories: list[History], out: Path, **kw) -> Path:
+def html_report(histories: list[History], out: Path, *, budget_pp: float = DEFAULT_BUDGET_PP, **kw) -> Path:
+    """``report.html``: one page to explore, offline: sortable and filterable tables, an
+    interactive Pareto plot per model (plotly), the recommended variant per runtime and batch."""
+    from squeezebench.reports import interactive
+
     out.mkdir(parents=True, exist_ok=True)
     parts = build(histories, out, formats=("png",), **kw)  # embedded; `plots` writes the SVGs
     e = html.escape
     body = ["<h1>squeezebench report</h1>"] + [f"<p>{e(p)}</p>" for p in _intro(histories)]
-    nav = ['<a href="#machines">machines</a>', '<a href="#results">results</a>', '<a href="#speedups">speedups</a>', '<a href="#reality">is it real?</a>',
+    nav = ['<a href="#recommended">recommended</a>', '<a href="#explore">explore</a>',
+           '<a href="#machines">machines</a>', '<a href="#results">results</a>', '<a href="#speedups">speedups</a>', '<a href="#reality">is it real?</a>',
            '<a href="#plots">plots</a>'] + (['<a href="#paper">study tables</a>'] if parts["paper"] else [])
     body.append("<p>" + " · ".join(nav) + "</p>")
-    body += [parts["machines"].html(2), parts["results"].html(2)] + [t.html(2) for t in parts["speedups"]] + [t.html(2) for t in parts["reality"]]
+    runs = parts["runs"]
+    body += [interactive.sortable(recommended_table(run, budget_pp, "Recommended variant per runtime and batch"
+                                                    + (f" — {run.label}" if len(runs) > 1 else "")).html(2)) for run in runs]
+    body.append('<h2 id="explore">Explore: top-1 against size</h2><p class="note">Hover a point for its variant id, '
+                "top-1, bytes and batch-1 latency per runtime; click legend entries to hide groups; drag to zoom. "
+                f"Stars: the smallest variant and the fastest per runtime at batch 1 within {budget_pp:g} pp of fp32.</p>")
+    explore = []
+    for i, run in enumerate(runs):
+        for j, (label, fig, winners) in enumerate(explorer_figures(run, budget_pp)):
+            body.append(f"<h3>{e(label)}" + (f" — {e(run.short)}" if len(runs) > 1 else "") + "</h3>")
+            body.append(interactive.figure_div(fig, f"pareto-{i}-{j}"))
+            explore.append({"pair": label, "run": run.short, "div": f"pareto-{i}-{j}", "winners": winners})
+    body.append(interactive.json_script(explore, "explore-index"))
+    tabs = [parts["machines"], parts["results"], *parts["speedups"], *parts["reality"]]
+    body += [interactive.sortable(t.html(2)) for t in tabs]
     body.append('<h2 id="plots">Plots</h2>')
     for label, plots in parts["plots"]:
         body.append(f"<h3>{e(label)}</h3>")
@@ -282,9 +383,8 @@ def html_report(histories: list[History], out: Path, **kw) -> Path:
     for i, (label, pre, tables) in enumerate(parts["paper"]):
         body.append(f'<h2{" id=paper" if i == 0 else ""}>The study\'s tables, measured on {e(label)}</h2>')
         body.append("<ul>" + "".join(f"<li>{e(p)}</li>" for p in pre) + "</ul>")
-        body += [t.html(3) for t in tables]
-    doc = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>squeezebench report</title>"
-           f"<style>{CSS}</style></head><body>" + "\n".join(body) + "</body></html>")
+        body += [interactive.sortable(t.html(3)) for t in tables]
+    doc = interactive.page("squeezebench report", body, css=CSS)
     path = out / "report.html"
     path.write_text(doc, encoding="utf-8")
     return path
