@@ -47,6 +47,7 @@ import numpy as np
 from squeezebench.compression.base import ConfigError, parse_variant_id, variant_id
 
 SIZE_METRICS = ("compressed_bytes", "artifact_bytes")
+EAGER = "torch-cpu"  # fp32 in PyTorch eager: the reference every latency winner is also compared with
 OBJECTIVE_GRAMMAR = "compressed_bytes | artifact_bytes:<backend> | latency:<backend>:b<batch>"
 TECHNIQUES = ("structured", "prune", "kdself", "kd", "share", "int8-static", "int8-qat", "woq4")
 DEFAULT_TECHNIQUES = ("structured", "prune", "kdself", "share", "int8-static", "int8-qat", "woq4")
@@ -413,7 +414,8 @@ class Search:
         from squeezebench.reports.history import load_history
 
         s, out = self.spec, {}
-        backends = sorted({o.backend for o in self.latency})
+        # torch-cpu too: every speedup is also given against fp32 in PyTorch eager
+        backends = sorted({o.backend for o in self.latency} | {EAGER})
         batches = sorted({o.batch for o in self.latency})
         with tempfile.TemporaryDirectory(prefix="squeezebench-search-") as tmp:
             test = Path(tmp) / "test_search_latency.py"
@@ -442,17 +444,29 @@ class Search:
 
     def latency_winners(self, result: dict) -> dict:
         feasible = {r["variant"]: r for r in result["trials"] if r.get("feasible")}
+        feasible["fp32"] = {"top1": result["baseline_top1"]}  # the baseline may well be the fastest
         out = {}
         for o in self.latency:
             got = result["latency"].get(o.name, {})
             fp32 = (got.get("fp32") or {}).get("per_image_us")
+            eager = ((result["latency"].get(f"latency:{EAGER}:b{o.batch}") or {}).get("fp32") or {}).get("per_image_us")
             cands = [(m["per_image_us"], v) for v, m in got.items()
                      if v in feasible and m["valid"] and m["per_image_us"] is not None]
             if cands:
                 us, v = min(cands)
                 out[o.name] = {"variant": v, "value": us, "top1": feasible[v]["top1"], "ci95_us": got[v]["ci95_us"],
-                               "speedup_vs_fp32_same_runtime": round(fp32 / us, 3) if fp32 else None}
+                               "speedup_vs_fp32_same_runtime": round(fp32 / us, 3) if fp32 else None,
+                               "speedup_vs_fp32_torch_eager": round(eager / us, 3) if eager else None,
+                               "speedup_vs_fp32_same_runtime_ci": _band((got.get("fp32") or {}).get("ci95_us"),
+                                                                        got[v]["ci95_us"])}
         return out
+
+
+def _band(base_ci: list | None, ci: list | None) -> list[float] | None:
+    """The speedup between two medians' 95 % interval ends: [base low / variant high, base high / variant low]."""
+    if not base_ci or not ci or min(ci) <= 0:
+        return None
+    return [round(base_ci[0] / ci[1], 3), round(base_ci[1] / ci[0], 3)]
 
 
 def pareto_front(rows: list[dict], keys: list[tuple[str, float]]) -> list[str]:

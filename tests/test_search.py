@@ -224,11 +224,21 @@ from squeezebench.search import SearchSpace
 
 def test_budget(sb_search, tmp_path):
     r = sb_search("lenet300_100", "tinydata:data", budget_pp=5.0, trials=3, output=tmp_path,
+                  objectives=("compressed_bytes", "latency:onnxruntime:b1"),
                   space=SearchSpace(techniques=("prune",), sparsity=(50, 60), max_steps=1, max_epochs=1))
     assert len(r["trials"]) == 3
     assert "compressed_bytes" in r["winners"], r.get("missed")
     assert (tmp_path / "search_lenet300_100_tinydata_data.json").is_file()
+    # latency: the harness's own records, for fp32 and the front, on the runtime asked and torch eager
+    lat = r["latency"]
+    assert set(lat) == {"latency:onnxruntime:b1", "latency:torch-cpu:b1"}
+    assert set(lat["latency:onnxruntime:b1"]) == {"fp32", *r["front"]}
+    for m in lat["latency:onnxruntime:b1"].values():
+        assert m["per_image_us"] > 0 and m["ci95_us"][0] <= m["per_image_us"] <= m["ci95_us"][1]
+    w = r["winners"]["latency:onnxruntime:b1"]
+    assert w["variant"] in {"fp32", *r["front"]} and w["speedup_vs_fp32_same_runtime"] > 0
+    assert w["speedup_vs_fp32_torch_eager"] > 0
 ''')
     r = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--sb-cache-dir={tmp_path / 'cache'}",
-                                      "--sb-threads=1", "-q")
+                                      "--sb-threads=1", "-q", "-s")
     assert r.ret == 0, r.stdout.str()[-3000:]

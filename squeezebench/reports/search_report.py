@@ -44,13 +44,13 @@ def tables(result: dict) -> list[Table]:
                          f"--sb-datasets {s['dataset']} --sb-variants fp32,{ids}")
     lat_cols = sorted(lat)
     front = Table("Front: top-1 x size" + (" x MACs, latency measured" if lat else ""),
-                  ["variant", "top-1 %", "compressed", "vs fp32 ONNX", "MACs/image", *lat_cols],
+                  ["variant", "top-1 %", "compressed kB", "vs fp32 ONNX", "MACs/image", *lat_cols],
                   [[v, f"{trials[v]['top1']:.2f}", fmt_kb(trials[v]["compressed_bytes"]), _ratio(trials[v]),
                     f"{trials[v]['macs']:,}", *(_lat(lat[c].get(v)) for c in lat_cols)] for v in result["front"]])
     if lat:
         front.rows.insert(0, ["fp32 (baseline)", f"{result['baseline_top1']:.2f}", fmt_kb(result.get("fp32_onnx_bytes")),
                               "1.0x (ONNX file)", "-", *(_lat(lat[c].get("fp32")) for c in lat_cols)])
-    every = Table("Every trial", ["#", "variant", "state", "top-1 %", "compressed", "vs fp32 ONNX", "seconds", "why"],
+    every = Table("Every trial", ["#", "variant", "state", "top-1 %", "compressed kB", "vs fp32 ONNX", "seconds", "why"],
                   [[str(r["number"]), r["variant"] or "-", r["state"] + (" (front)" if r.get("on_front") else ""),
                     f"{r['top1']:.2f}" if "top1" in r else "-",
                     fmt_kb(r["compressed_bytes"]) if "compressed_bytes" in r else "-", _ratio(r),
@@ -64,13 +64,16 @@ def _value(objective: str, w: dict) -> str:
     if objective.startswith("latency"):
         ci = w.get("ci95_us")
         return f"{w['value']:.2f} µs/image" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-    return fmt_kb(w["value"])
+    return f"{fmt_kb(w['value'])} kB"
 
 
 def _versus(objective: str, w: dict, trials: dict) -> str:
     if objective.startswith("latency"):
-        s = w.get("speedup_vs_fp32_same_runtime")
-        return f"{s:.2f}x faster than fp32 on this runtime" if s else "-"
+        s, e = w.get("speedup_vs_fp32_same_runtime"), w.get("speedup_vs_fp32_torch_eager")
+        return "; ".join(x for x in (f"{s:.2f}x fp32 on this runtime" + (f" [{w['speedup_vs_fp32_same_runtime_ci'][0]:.2f}, "
+                                                           f"{w['speedup_vs_fp32_same_runtime_ci'][1]:.2f}]"
+                                                           if w.get("speedup_vs_fp32_same_runtime_ci") else "") if s else "",
+                                     f"{e:.2f}x fp32 in torch eager" if e else "") if x) or "-"
     return _ratio(trials[w["variant"]]) + " smaller than the fp32 ONNX file" if w["variant"] in trials else "-"
 
 
@@ -89,8 +92,19 @@ def markdown(result: dict) -> str:
             + f"; objectives {', '.join(s['objectives'])}; seed {s['seed']}; study {result['study']}.",
             f"Trials: {result['counts']['complete']} complete, {result['counts']['pruned']} stopped early, "
             f"{result['counts']['fail']} failed; search {result.get('search_seconds', 0):.0f} s"
+            + _trial_time(result)
             + (f", latency {result['latency_seconds']:.0f} s" if "latency_seconds" in result else "") + ".", ""]
     return "\n".join(head) + "\n".join(t.markdown(2) for t in tables(result))
+
+
+def _trial_time(result: dict) -> str:
+    """Where the search's time went: the trials' own seconds (sum, median, slowest)."""
+    secs = sorted(r["seconds"] for r in result["trials"] if r.get("seconds") is not None)
+    if not secs:
+        return ""
+    slow = max((r for r in result["trials"] if r.get("seconds") is not None), key=lambda r: r["seconds"])
+    return (f" ({sum(secs):.0f} s in trials of this run and earlier ones: median {secs[len(secs) // 2]:.0f} s, "
+            f"slowest {slow['seconds']:.0f} s, {slow['variant']})")
 
 
 def points(result: dict) -> list[dict]:
