@@ -9,9 +9,9 @@ ONNX Runtime's ``MatMulNBitsQuantizer`` (``MatMulNBits`` kernels) and NNCF's ``c
 for OpenVINO. A runtime without 4-bit weight kernels (PyTorch eager on CPU) skips with the reason.
 
 The variant's torch module (the parity reference) has each Linear weight replaced by its
-round-to-nearest 4-bit value times its group's scale (``scale = max|w| / 8`` over the group, codes
-clamped to [-8, 7], as NNCF's INT4_SYM); the runtimes' own tools round their own way, so parity
-is held to ``PARITY_MIN``. The compact encoding stores the 4-bit codes (as ``qweights``) with their
+round-to-nearest 4-bit value times its group's signed scale (the group's largest magnitude maps to
+-8, codes clamped to [-8, 7], as ONNX Runtime's MLAS and NNCF's INT4_SYM do); ties and float
+details may still round differently, so parity is held to ``PARITY_MIN``. The compact encoding stores the 4-bit codes (as ``qweights``) with their
 group scales.
 
 Token grammar: ``woq4[-g<group size>]``, e.g. ``woq4`` (groups of 32), ``woq4-g128``. Default
@@ -83,8 +83,11 @@ def quantize_groups(w: torch.Tensor, group_size: int, bits: int = BITS) -> tuple
     padded[:, :in_f] = w.detach().float()
     g = padded.view(out_f, groups, group_size)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    scale = g.abs().amax(dim=2) / (1 << (bits - 1))
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale, codes 0
+    # A signed scale, as ONNX Runtime's MLAS and NNCF's INT4_SYM: the group's largest magnitude
+    # maps to -8, so all 16 levels are used (|min| >= max: the minimum, else the maximum, flipped).
+    wmin, wmax = g.amin(dim=2), g.amax(dim=2)
+    scale = torch.where(wmin.abs() >= wmax, wmin.abs(), -wmax) / (1 << (bits - 1))
+    scale = torch.where(scale != 0, scale, torch.ones_like(scale))  # an all-zero group: any scale, codes 0
     codes = torch.clamp(torch.round(g / scale[..., None]), lo, hi)
     return (codes.view(out_f, -1)[:, :in_f].to(torch.int8).numpy(), scale.numpy().astype(np.float32))
 
