@@ -203,12 +203,17 @@ def calibration_inputs(data, n: int, seed: int = 0) -> torch.Tensor:
 
 
 # -- the handler -------------------------------------------------------------------------------
+def fp32_start(state: ChainState, what: str) -> nn.Module:
+    """A float32 copy of the chain's model for a number-format step (``what``), which must not
+    follow a precision step."""
+    if state.arch.get("dtype", "float32") != "float32":
+        raise ConfigError(f"{what} starts from an fp32 model, got {state.arch['dtype']}; drop the precision step")
+    return copy.deepcopy(state.model).float().eval()
+
+
 @register_handler(QuantizeConfig)
 def apply_quantize(cfg: QuantizeConfig, state: ChainState) -> ChainState:
-    if state.arch.get("dtype", "float32") != "float32":
-        raise ConfigError(f"int8 quantization starts from an fp32 model, got {state.arch['dtype']}; "
-                          "drop the precision step")
-    float_model = copy.deepcopy(state.model).float().eval()
+    float_model = fp32_start(state, "int8 quantization")
     in_shape = tuple(state.arch["in_shape"])
     info: dict = {"method": cfg.method, "per_channel": cfg.per_channel, "weights": "int8 symmetric",
                   "activations": "uint8 asymmetric"}

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from squeezebench.compression.base import ChainState, CompressionConfig, ConfigError, register_handler
+from squeezebench.compression.quantize import fp32_start
 from squeezebench.domain import ExportSpec, WeightOnlySpec
 
 _TOKEN = re.compile(r"^woq(?P<bits>\d+)(?:-g(?P<g>\d+))?$")
@@ -100,10 +101,7 @@ def dequantize_groups(codes: np.ndarray, scale: np.ndarray, group_size: int) -> 
 
 @register_handler(WeightOnlyConfig)
 def apply_weight_only(cfg: WeightOnlyConfig, state: ChainState) -> ChainState:
-    if state.arch.get("dtype", "float32") != "float32":
-        raise ConfigError(f"weight-only quantization starts from an fp32 model, got {state.arch['dtype']}; "
-                          "drop the precision step")
-    float_model = copy.deepcopy(state.model).float().eval()
+    float_model = fp32_start(state, "weight-only quantization")
     reference = copy.deepcopy(float_model)
     qweights, n_linear = {}, 0
     with torch.no_grad():
