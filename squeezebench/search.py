@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -431,7 +430,7 @@ class Search:
             src = getattr(self.wb.config, "source", "")
             if src and src != "no config file":
                 cmd.append(f"--sb-config={src.split(' [')[0]}")
-            r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+            r = subprocess.run(cmd, capture_output=True, text=True)
             if not js.is_file():
                 raise SearchError(f"the latency run failed (exit {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-1000:]}")
             for rec in load_history(js).records:
