@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from squeezebench.profiles import PROFILES, Case, get_profile
-from squeezebench.settings import ENV_CACHE_DIR, ENV_DATA_DIR, available_cores, user_cache_dir
+from squeezebench.settings import ENV_CACHE_DIR, ENV_DATA_DIR, ENV_SHARED_CACHE, available_cores, user_cache_dir
 
 ENV_PROFILE = "SQUEEZEBENCH_PROFILE"
 DEFAULT_MIN_TIME = 1.0
@@ -74,6 +74,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "(NVML on CUDA, RAPL on the CPU, idle power subtracted) and memory; with no readable energy "
                      "counter only a few calls run, for memory; 0 disables. "
                      f"Default: {DEFAULT_ENERGY_WINDOW}")
+    g.addoption("--sb-build-only", action="store_true", default=False,
+                help="build every variant and artifact the selected records need into the cache (training, "
+                     "fine-tuning, quantization, export), then stop: nothing is timed or evaluated. Default: off")
+    g.addoption("--sb-workers", type=int, default=0,
+                help="build on a local Ray with this many task slots of --sb-threads CPUs each (needs ray: "
+                     "pip install 'squeezebench[cluster]'). Default: 0, in this process")
+    g.addoption("--sb-ray-address", default=None,
+                help="build on the Ray cluster at this address (ray start --head prints it; 'auto' joins the "
+                     "local one). Default: none")
+    g.addoption("--sb-measure-only", action="store_true", default=False,
+                help="never train, quantize or export: read every artifact from the cache (or the shared "
+                     "cache) and only measure; a missing one fails its record naming the build command. Default: off")
+    g.addoption("--sb-shared-cache", default=None,
+                help=f"shared cache, a path or fsspec URL (s3://bucket/prefix, gs://..., an NFS mount; env "
+                     f"{ENV_SHARED_CACHE}): entries missing locally are read from it, entries built here are "
+                     "published to it. Default: none")
 
 
 def load_user_config(config: pytest.Config):
@@ -312,3 +328,56 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Gener
     saved = getattr(getattr(fixture, "stats", None), "extra_info", None)
     if isinstance(saved, dict) and saved is not info:
         saved.update(valid=False, invalid_reasons=list(reasons))
+
+
+def build_command(config: pytest.Config) -> str:
+    """The command that builds what this run needs: its own arguments, as a build."""
+    import shlex
+
+    drop = {"--sb-measure-only", "--benchmark-autosave"}
+    args = [a for a in config.invocation_params.args
+            if a not in drop and not a.startswith(("--benchmark-json", "--benchmark-save", "--benchmark-compare"))]
+    return "pytest " + shlex.join([*args, "--sb-build-only"])
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """--sb-build-only: the selected records' variants and artifacts (after -k / -m), built in
+    order (squeezebench.build), then the run stops with the build's exit status."""
+    config = session.config
+    if not config.getoption("sb_build_only"):
+        return
+    if config.getoption("sb_measure_only"):
+        raise pytest.UsageError("--sb-build-only and --sb-measure-only exclude each other: build on one "
+                                "machine, measure on another")
+    from squeezebench.build import BuildContext, BuildError, importable_paths, plan_build, run_build
+    from squeezebench.settings import resolve_settings
+
+    cases = list(dict.fromkeys(c for item in session.items
+                               if (c := getattr(getattr(item, "callspec", None), "params", {}).get("case")) is not None))
+    tr = config.pluginmanager.getplugin("terminalreporter")
+    say = (lambda msg: tr.write_line(f"[squeezebench] {msg}")) if tr is not None else print
+    try:
+        settings = resolve_settings(data_dir=config.getoption("sb_data_dir"), cache_dir=config.getoption("sb_cache_dir"),
+                                    threads=config.getoption("sb_threads"), quiet=True,
+                                    shared_cache=config.getoption("sb_shared_cache"))
+    except ValueError as e:
+        raise pytest.UsageError(f"squeezebench: {e}") from None
+    workers = config.getoption("sb_workers")
+    if workers < 0:
+        raise pytest.UsageError(f"--sb-workers must be >= 0, got {workers}")
+    ctx = BuildContext(settings, getattr(config, "_squeezebench_config", None),
+                       tuple((m, str(p)) for m, p in getattr(config, "_squeezebench_checkpoints", {}).items()),
+                       importable_paths())
+    tasks = plan_build(cases)
+    say(f"building {len(tasks)} variants for {len(cases)} records into {settings.cache_dir}"
+        + (f" (shared: {settings.shared_cache})" if settings.shared_cache else ""))
+    try:
+        result = run_build(ctx, tasks, workers=workers, address=config.getoption("sb_ray_address"), say=say,
+                           progress=say if config.get_verbosity() > 0 else None)
+    except BuildError as e:
+        pytest.exit(f"squeezebench build: {e}", returncode=4)
+    for line in result.summary().splitlines():
+        say(line)
+    pytest.exit("build finished" if result.ok else f"build: {len(result.failed)} tasks failed",
+                returncode=0 if result.ok else 1)

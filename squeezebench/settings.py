@@ -11,6 +11,7 @@ from pathlib import Path
 
 ENV_DATA_DIR = "SQUEEZEBENCH_DATA_DIR"
 ENV_CACHE_DIR = "SQUEEZEBENCH_CACHE_DIR"
+ENV_SHARED_CACHE = "SQUEEZEBENCH_SHARED_CACHE"
 
 
 def user_cache_dir() -> Path:
@@ -32,6 +33,9 @@ class Settings:
     download: bool  # only into the default data dir: a directory the user names is never written
     threads: int
     quiet: bool = False
+    # A path or fsspec URL (s3://, gs://, an NFS mount) that builders publish to and measuring
+    # machines read from; cache_dir stays the local working copy the runtimes load files from.
+    shared_cache: str | None = None
 
 
 def resolve_settings(
@@ -40,6 +44,7 @@ def resolve_settings(
     threads: int | None = None,
     quiet: bool = False,
     environ: dict[str, str] | None = None,
+    shared_cache: str | None = None,
 ) -> Settings:
     env = os.environ if environ is None else environ
     cache = Path(cache_dir or env.get(ENV_CACHE_DIR) or user_cache_dir()).expanduser()
@@ -53,4 +58,5 @@ def resolve_settings(
         download=not named,
         threads=threads or available_cores(),
         quiet=quiet,
+        shared_cache=shared_cache or env.get(ENV_SHARED_CACHE) or None,
     )

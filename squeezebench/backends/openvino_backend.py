@@ -279,9 +279,22 @@ def _source_onnx(v: Variant, work: Path) -> Path:
     return work / onnx_export.write_variant_onnx(v, work)
 
 
+def _stable_names(model) -> None:
+    """OpenVINO names the nodes it creates after a process-wide counter (``Constant_5061``), so
+    the same variant's IR differed between processes (a Ray worker and this one). Renamed by
+    position in the graph: the IR is a function of the variant, as a content-addressed cache needs."""
+    for i, op in enumerate(model.get_ordered_ops()):
+        # `<OpType>_<counter>`, the type it had when made (a folded Concat stays `Concat_N`);
+        # names from the ONNX file (`/fc1/Gemm`, `onnx::MatMul_12`) never have this shape.
+        kind, sep, n = op.get_friendly_name().rpartition("_")
+        if sep and n.isdigit() and kind.isalnum() and kind[:1].isupper():
+            op.set_friendly_name(f"{kind}_{i}")
+
+
 def _save(model, v: Variant, out: Path) -> str:
     import openvino as ov
 
+    _stable_names(model)
     # fp16 stores f16 weights (OpenVINO's own fp16 storage); everything else keeps its precision.
     ov.save_model(model, str(out / "model.xml"), compress_to_fp16=v.export.dtype == "float16")
     return "model.xml"
