@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import platform
+import re
+import socket
 from collections.abc import Iterable
 
 from squeezebench.settings import available_cores
@@ -79,6 +82,25 @@ def cpu_identity() -> dict:
             return parse_cpuinfo(f.read())
     except OSError:
         return {"cpu_vendor": None, "cpu_family": None, "cpu_model_id": None, "cpu_isa": None}
+
+
+def safe_machine_name(name: str) -> str:
+    """``name`` as a folder-name part: letters, digits, ``.``, ``_`` and ``-`` (anything else
+    becomes ``-``), at most 64 characters; '' when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:64]
+
+
+@functools.lru_cache(maxsize=None)
+def default_machine_name() -> str:
+    """``<host>-<cpuhash>``: the short host name and 6 hex digits of a hash of the CPU model
+    and the identity that decides kernels (vendor, family, model, KERNEL_FLAGS). Stable across
+    runs of one host; a host moved to another CPU type (a resized VM) gets a new name, so its
+    runs are not mixed with the old CPU's."""
+    ident = cpu_identity()
+    text = "|".join([cpu_model_name(), str(ident.get("cpu_vendor")), str(ident.get("cpu_family")),
+                     str(ident.get("cpu_model_id")), " ".join(ident.get("cpu_isa") or [])])
+    host = safe_machine_name((socket.gethostname() or platform.node() or "host").split(".")[0]) or "host"
+    return f"{host}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
 
 
 def library_versions() -> dict[str, str]:

@@ -13,6 +13,7 @@ from squeezebench.profiles import PROFILES, Case, get_profile
 from squeezebench.settings import ENV_CACHE_DIR, ENV_DATA_DIR, ENV_SHARED_CACHE, available_cores, user_cache_dir
 
 ENV_PROFILE = "SQUEEZEBENCH_PROFILE"
+ENV_MACHINE = "SQUEEZEBENCH_MACHINE"
 DEFAULT_MIN_TIME = 1.0
 MIN_ROUNDS = 5
 DEFAULT_ENERGY_WINDOW = 1.0
@@ -90,6 +91,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help=f"shared cache, a path or fsspec URL (s3://bucket/prefix, gs://..., an NFS mount; env "
                      f"{ENV_SHARED_CACHE}): entries missing locally are read from it, entries built here are "
                      "published to it. Default: none")
+    from squeezebench.machine import default_machine_name
+
+    g.addoption("--sb-machine", default=None, metavar="NAME",
+                help=f"this machine's name (env {ENV_MACHINE}): runs are saved in "
+                     "<pytest-benchmark's storage>/<its machine id>-NAME/, so folders copied in from "
+                     "several machines never collide, and machine_info records it as squeezebench_machine. "
+                     f"Default: {default_machine_name()} (<host>-<hash of the CPU model and kernel flags>)")
 
 
 def load_user_config(config: pytest.Config):
@@ -252,6 +260,53 @@ def pytest_configure(config: pytest.Config) -> None:
         selected_checkpoints(config, profile) if profile is not None else {})
 
 
+def machine_name(config: pytest.Config) -> str:
+    """--sb-machine, else $SQUEEZEBENCH_MACHINE, else ``<host>-<cpuhash>``; made safe for a folder name."""
+    from squeezebench.machine import default_machine_name, safe_machine_name
+
+    given = config.getoption("sb_machine") or os.environ.get(ENV_MACHINE)
+    if not given:
+        return default_machine_name()
+    name = safe_machine_name(given)
+    if not name:
+        raise pytest.UsageError(f"--sb-machine / ${ENV_MACHINE}: {given!r} has no letter or digit to name "
+                                "a folder with; give e.g. --sb-machine lab-xeon-1")
+    return name
+
+
+@pytest.hookimpl(tryfirst=True, specname="pytest_configure")
+def pytest_configure_machine(config: pytest.Config) -> None:
+    """The machine's name, checked before pytest-benchmark starts; --benchmark-compare held back
+    until the storage folder is renamed (pytest_sessionstart_storage_per_machine): pytest-benchmark loads the
+    runs to compare with in its own pytest_configure, from the folder it names then."""
+    config._squeezebench_machine = machine_name(config)  # type: ignore[attr-defined]
+    compare = getattr(config.option, "benchmark_compare", None)  # absent with -p no:benchmark
+    config._squeezebench_compare = compare  # type: ignore[attr-defined]
+    if compare:
+        config.option.benchmark_compare = False
+
+
+@pytest.hookimpl(tryfirst=True, specname="pytest_sessionstart")
+def pytest_sessionstart_storage_per_machine(session: pytest.Session) -> None:
+    """One storage folder per machine: pytest-benchmark saves into ``<storage>/<machine id>/`` and
+    its machine id (``Linux-CPython-3.11-64bit``) is the same on every Linux box, so two machines'
+    folders would collide when copied together; the folder becomes ``<machine id>-<machine name>``.
+    Here, because pytest-benchmark makes its session in a trylast pytest_configure (no wrapper can
+    follow a historic hook); then --benchmark-compare loads this machine's previous runs."""
+    config = session.config
+    bs = getattr(config, "_benchmarksession", None)
+    name = getattr(config, "_squeezebench_machine", None)
+    if bs is None or name is None or str(bs.machine_id).endswith(f"-{name}"):
+        return
+    bs.machine_id = f"{bs.machine_id}-{name}"
+    if hasattr(bs.storage, "default_machine_id"):
+        bs.storage.default_machine_id = bs.machine_id
+    compare = getattr(config, "_squeezebench_compare", None)
+    if compare:
+        config.option.benchmark_compare = bs.compare = compare
+        bs.handle_loading()
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" not in metafunc.fixturenames:
         return
@@ -299,6 +354,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "threads": config.getoption("sb_threads") or available_cores(),
         "profile": profile.name if profile is not None else None,
     }
+    machine_info["squeezebench_machine"] = getattr(config, "_squeezebench_machine", None) or machine_name(config)
 
 
 @pytest.hookimpl(hookwrapper=True)

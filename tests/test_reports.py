@@ -286,7 +286,7 @@ def test_report_with_no_readable_history_fails_clearly(tmp_path, capsys):
 def test_help_lists_the_views():
     p = subprocess.run([sys.executable, "-m", "reports", "--help"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0
-    for view in ("summary", "speedups", "paper", "plots", "markdown", "html", "compare"):
+    for view in ("summary", "machines", "speedups", "paper", "plots", "markdown", "html", "compare"):
         assert re.search(rf"^\s+{view}\s", p.stdout, re.M), view
 
 

@@ -9,7 +9,8 @@ from squeezebench.reports.compare import DEFAULTS
 from squeezebench.reports.history import HistoryError, expand_paths, load_history, load_histories
 
 HISTORY_HELP = ("pytest-benchmark JSON files, or directories (each gives the newest NNNN_*.json of every "
-                "machine folder in it). Default: .benchmarks")
+                "machine folder in it); a directory or file may be an fsspec URL (s3://bucket/benchmarks, "
+                "memory://...; file:// is local). Default: .benchmarks")
 
 
 def _parser(prog: str = "squeezebench") -> argparse.ArgumentParser:
@@ -18,7 +19,7 @@ def _parser(prog: str = "squeezebench") -> argparse.ArgumentParser:
         description="Reports and regression gates from saved pytest-benchmark histories "
                     "(.benchmarks/<machine>/NNNN_*.json). Reads only; never reruns a benchmark. "
                     "Unreadable files are named on stderr and the others are still read.",
-        epilog="views: summary, speedups, paper, plots, markdown, html, compare, trend. "
+        epilog="views: summary, machines, speedups, paper, plots, markdown, html, compare, trend. "
                f"'{prog} VIEW --help' for each one's options. '{prog} search --help': the budget search "
                "(trains and measures; not a view).")
     sub = p.add_subparsers(dest="view", metavar="VIEW", required=True)
@@ -26,6 +27,19 @@ def _parser(prog: str = "squeezebench") -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="machines and every record, as a text table")
     s.add_argument("histories", nargs="*", metavar="HISTORY", help=HISTORY_HELP)
     s.add_argument("--every", action="store_true", help="a directory gives every history in it, not the newest")
+
+    m = sub.add_parser("machines", help="histories from many machines side by side: per record, each machine's "
+                                        "newest median µs/image (95 %% interval) and top-1, and its time over "
+                                        "the first machine's",
+                       description="Reads every run under ROOTs (machine folders copied in from several machines, "
+                                   "local or fsspec URLs; read only) and groups them by machine: the name the "
+                                   "plugin recorded (--sb-machine), else the folder's name. Prints a Markdown "
+                                   "table of the machines (CPU, kernel flags, runs, dates) and one of the records.")
+    m.add_argument("histories", nargs="*", metavar="ROOT",
+                   help="storage folders, history files or fsspec URLs (s3://bucket/benchmarks, file:///mnt/nfs/"
+                        "benchmarks); every NNNN_*.json under each is read. Default: .benchmarks")
+    m.add_argument("--format", choices=("markdown", "text"), default="markdown", help="output format. Default: markdown")
+    m.add_argument("-o", "--output", type=Path, default=None, help="write to this file. Default: stdout")
 
     sp = sub.add_parser("speedups", help="per variant and backend: top-1, the three sizes, MACs, and per batch "
                                          "the median per-image time and its speedup over fp32")
@@ -155,6 +169,23 @@ def cmd_summary(args) -> int:
     runs = machine_runs(hs)
     print(machines_table(runs).text())
     print(side_by_side_table(runs).text())
+    return 0
+
+
+def cmd_machines(args) -> int:
+    from squeezebench.reports.machines import machines_report
+
+    hs = load_histories(args.histories, every=True)  # every run: the header counts runs and dates
+    if not hs:
+        print("reports: no readable history; nothing to report", file=sys.stderr)
+        return 2
+    text = machines_report(hs, fmt_=args.format)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -324,7 +355,7 @@ def cmd_trend(args) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "squeezebench") -> int:
     args = _parser(prog).parse_args(argv)
-    handlers = {"summary": cmd_summary, "speedups": cmd_speedups, "paper": cmd_paper, "plots": cmd_plots, "markdown": cmd_report,
+    handlers = {"summary": cmd_summary, "machines": cmd_machines, "speedups": cmd_speedups, "paper": cmd_paper, "plots": cmd_plots, "markdown": cmd_report,
                 "html": cmd_report, "compare": cmd_compare, "trend": cmd_trend}
     try:
         return handlers[args.view](args)

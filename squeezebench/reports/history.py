@@ -1,6 +1,7 @@
-"""Reading saved pytest-benchmark histories (``.benchmarks/<machine>/NNNN_*.json``).
+"""Reading saved pytest-benchmark histories (``.benchmarks/<machine>/NNNN_*.json``), from local
+folders or from fsspec URLs (``s3://bucket/benchmarks``, ``memory://...``; ``file://`` is local).
 
-Only reads; never reruns anything. A missing, truncated or foreign file gives a
+Only reads; never reruns or writes anything. A missing, truncated or foreign file gives a
 :class:`HistoryError` naming it; :func:`load_histories` prints those to stderr and goes on
 with the other files.
 """
@@ -26,6 +27,101 @@ INFERRED = "inferred: the record predates the `valid` field"
 
 class HistoryError(Exception):
     """A file that is not a readable squeezebench history; the message names the file."""
+
+
+class UrlPath(str):
+    """An fsspec URL of a history (or of a folder of them), with the few Path attributes the
+    reports use: ``name``, ``parent`` and ``is_dir()`` (true only for a folder that held no
+    history, which load_histories then names)."""
+
+    folder: bool = False
+
+    def __new__(cls, url: str, folder: bool = False) -> "UrlPath":
+        self = super().__new__(cls, url.rstrip("/") if not url.endswith("://") else url)
+        self.folder = folder
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.rsplit("/", 1)[-1] if "/" in self.split("://", 1)[-1] else self.split("://", 1)[-1]
+
+    @property
+    def parent(self) -> "UrlPath":
+        scheme, _, rest = self.partition("://")
+        return UrlPath(f"{scheme}://{rest.rsplit('/', 1)[0]}", folder=True) if "/" in rest else self
+
+    def is_dir(self) -> bool:
+        return self.folder
+
+
+def location(p: str | Path) -> Path | UrlPath:
+    """A history file or folder as given: a URL with a scheme (``s3://``, ``memory://``...) is
+    read through fsspec; ``file://`` and plain paths are local."""
+    if isinstance(p, Path):
+        return p
+    if p.startswith("file://"):
+        return Path(p[len("file://"):])
+    return UrlPath(p) if "://" in p else Path(p)
+
+
+def _fs(url: str):
+    """(fsspec filesystem, path inside it) for ``url``, or a HistoryError saying what is missing."""
+    try:
+        import fsspec
+    except ImportError:
+        raise HistoryError(f"{url}: reading a URL needs fsspec (pip install fsspec)") from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:  # an unknown scheme, or its package (s3fs, gcsfs) not installed
+        raise HistoryError(f"{url}: cannot open ({type(e).__name__}: {e})") from None
+
+
+def _url_files(url: UrlPath, every: bool) -> list[UrlPath]:
+    """The histories under ``url`` (every one, or the newest per folder), or ``url`` itself when
+    it names a file; a folder without any: ``url`` marked as a folder."""
+    fs, root = _fs(url)
+    root = root.rstrip("/")
+    try:
+        if fs.isfile(root):
+            return [url]
+        found = [f for f in fs.find(root) if HISTORY_NAME.match(f.rsplit("/", 1)[-1])]
+        if not found and not fs.exists(root):
+            raise HistoryError(f"{url}: no such file or directory")
+    except HistoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any backend's failure (credentials, network) is one named line
+        raise HistoryError(f"{url}: cannot list ({type(e).__name__}: {e})") from None
+    # The URL as given, plus each file's path below it (fsspec strips the scheme from its paths).
+    files = [UrlPath(url + f[len(root):] if f.startswith(root + "/") else fs.unstrip_protocol(f)) for f in found]
+    if not files:
+        return [UrlPath(url, folder=True)]
+    if every:
+        return sorted(files)
+    newest: dict[str, UrlPath] = {}
+    for f in sorted(files):
+        newest[f.parent] = f  # NNNN_ names sort by run number
+    return sorted(newest.values())
+
+
+def _read_text(p: Path | UrlPath) -> str:
+    if isinstance(p, UrlPath):
+        fs, path = _fs(p)
+        try:
+            data = fs.cat_file(path)
+        except FileNotFoundError:
+            raise HistoryError(f"{p}: no such file") from None
+        except Exception as e:  # noqa: BLE001 - as in _url_files
+            raise HistoryError(f"{p}: cannot read ({type(e).__name__}: {e})") from None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise HistoryError(f"{p}: cannot read ({type(e).__name__}: {e})") from None
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HistoryError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise HistoryError(f"{p}: cannot read ({type(e).__name__}: {e})") from None
 
 
 def num(v: Any) -> float | None:
@@ -183,7 +279,7 @@ class Machine:
 
 @dataclass
 class History:
-    path: Path
+    path: Path  # or a UrlPath, for a history read through fsspec
     machine_info: dict
     commit_info: dict
     datetime: str
@@ -274,14 +370,10 @@ def machine_of(mi: dict) -> Machine:
 
 
 def load_history(path: str | Path) -> History:
-    """One pytest-benchmark JSON file with squeezebench records, or a HistoryError naming it."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise HistoryError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise HistoryError(f"{p}: cannot read ({type(e).__name__}: {e})") from None
+    """One pytest-benchmark JSON file with squeezebench records (a path or a URL), or a
+    HistoryError naming it."""
+    p = location(path)
+    text = _read_text(p)
     if not text.strip():
         raise HistoryError(f"{p}: empty file (truncated?)")
     try:
@@ -316,12 +408,15 @@ def _newest_per_machine(root: Path) -> list[Path]:
 
 
 def expand_paths(paths: Iterable[str | Path], *, every: bool = False) -> list[Path]:
-    """Files as given; a directory gives the newest ``NNNN_*.json`` of each machine folder in it
-    (every one of them with ``every``). No paths: ``.benchmarks`` here."""
+    """Files as given; a directory (local, or an fsspec URL) gives the newest ``NNNN_*.json`` of
+    each machine folder in it (every one of them with ``every``). No paths: ``.benchmarks`` here.
+    A URL that cannot be listed: HistoryError."""
     paths = list(paths) or [DEFAULT_ROOT]
     out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
+    for p in map(location, paths):
+        if isinstance(p, UrlPath):
+            out.extend(_url_files(p, every))  # type: ignore[arg-type]
+        elif p.is_dir():
             found = (sorted(f for f in p.rglob("*.json") if HISTORY_NAME.match(f.name)) if every
                      else _newest_per_machine(p))
             out.extend(found or [p])  # an empty dir is reported by load_histories
@@ -332,7 +427,8 @@ def expand_paths(paths: Iterable[str | Path], *, every: bool = False) -> list[Pa
 
 def load_histories(paths: Iterable[str | Path], *, every: bool = False,
                    err: TextIO | None = None) -> list[History]:
-    """Every readable history among ``paths``; each unreadable one is named on ``err``."""
+    """Every readable history among ``paths`` (files, folders, fsspec URLs); each unreadable
+    one, and each root that cannot be listed, is named on ``err``."""
     err = err or sys.stderr
     paths = list(paths)
     if not paths and not DEFAULT_ROOT.is_dir():
@@ -340,16 +436,22 @@ def load_histories(paths: Iterable[str | Path], *, every: bool = False,
               "(run the benchmarks with --benchmark-autosave to make one)", file=err)
         return []
     out = []
-    for p in expand_paths(paths, every=every):
-        if p.is_dir():
-            print(f"reports: {p}: no pytest-benchmark history (NNNN_*.json) in this directory", file=err)
-            continue
+    for given in paths or [DEFAULT_ROOT]:
         try:
-            h = load_history(p)
+            found = expand_paths([given], every=every)
         except HistoryError as e:
             print(f"reports: skipped {e}", file=err)
             continue
-        out.append(h)
+        for p in found:
+            if p.is_dir():
+                print(f"reports: {p}: no pytest-benchmark history (NNNN_*.json) in this directory", file=err)
+                continue
+            try:
+                h = load_history(p)
+            except HistoryError as e:
+                print(f"reports: skipped {e}", file=err)
+                continue
+            out.append(h)
     return out
 
 

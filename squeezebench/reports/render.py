@@ -11,6 +11,7 @@ from pathlib import Path
 from squeezebench.reports import paper
 from squeezebench.reports.analysis import RATIO_BACKEND, compression_reality, latency_ratio, pareto_front
 from squeezebench.reports.history import History, Record, group_by_machine
+from squeezebench.reports.machines import group_by_name, machines_header, side_by_side
 from squeezebench.reports.plots import Plot, all_plots, energy_unavailable_reasons
 from squeezebench.reports.tables import MISSING, Table, fmt, fmt_kb, fmt_x
 
@@ -296,7 +297,15 @@ def build(histories: list[History], out: Path, *, backend: str = "torch-cpu", ba
         "plots": _plots_for(runs, plot_dir, formats),
         "energy_missing": sorted({x for run in runs for x in energy_unavailable_reasons(run.records)}),
         "paper": _paper_sections(runs, backend, batch) if with_paper else [],
+        "named": _named_machines(histories),
     }
+
+
+def _named_machines(histories: list[History]) -> list[Table]:
+    """"Machines side by side" by machine name (the storage folders of several machines), when
+    the histories come from more than one; [] otherwise."""
+    named = group_by_name(histories)
+    return [machines_header(named), side_by_side(named)] if len(named) > 1 else []
 
 
 def _intro(histories: list[History]) -> list[str]:
@@ -310,6 +319,7 @@ def markdown(histories: list[History], out: Path, *, embed: bool = False, **kw) 
     parts = build(histories, out, **kw)
     md = ["# squeezebench report", "", *_intro(histories), "", parts["machines"].markdown(2),
           parts["results"].markdown(2)]
+    md += [t.markdown(2) for t in parts["named"]]
     md += [t.markdown(2) for t in parts["speedups"]]
     md += [t.markdown(2) for t in parts["reality"]]
     md.append("## Plots\n")
@@ -355,7 +365,8 @@ def html_report(histories: list[History], out: Path, *, budget_pp: float = DEFAU
     body = ["<h1>squeezebench report</h1>"] + [f"<p>{e(p)}</p>" for p in _intro(histories)]
     nav = ['<a href="#recommended">recommended</a>', '<a href="#explore">explore</a>',
            '<a href="#machines">machines</a>', '<a href="#results">results</a>', '<a href="#speedups">speedups</a>', '<a href="#reality">is it real?</a>',
-           '<a href="#plots">plots</a>'] + (['<a href="#paper">study tables</a>'] if parts["paper"] else [])
+           '<a href="#plots">plots</a>'] + (['<a href="#paper">study tables</a>'] if parts["paper"] else []) \
+        + (['<a href="#side-by-side">machines side by side</a>'] if parts["named"] else [])
     body.append("<p>" + " · ".join(nav) + "</p>")
     runs = parts["runs"]
     body += [interactive.sortable(recommended_table(run, budget_pp, "Recommended variant per runtime and batch"
@@ -370,7 +381,7 @@ def html_report(histories: list[History], out: Path, *, budget_pp: float = DEFAU
             body.append(interactive.figure_div(fig, f"pareto-{i}-{j}"))
             explore.append({"pair": label, "run": run.short, "div": f"pareto-{i}-{j}", "winners": winners})
     body.append(interactive.json_script(explore, "explore-index"))
-    tabs = [parts["machines"], parts["results"], *parts["speedups"], *parts["reality"]]
+    tabs = [parts["machines"], parts["results"], *parts["named"], *parts["speedups"], *parts["reality"]]
     body += [interactive.sortable(t.html(2)) for t in tabs]
     body.append('<h2 id="plots">Plots</h2>')
     for label, plots in parts["plots"]:
