@@ -250,6 +250,8 @@ def start_ray(workers: int, address: str | None, cpus_per_task: int, sys_path: S
     env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys([*sys_path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]))
            .strip(os.pathsep)}
     runtime_env = {"env_vars": env}
+    if address and address != "auto":
+        _probe(address)
     try:
         if address:
             ray.init(address=address, runtime_env=runtime_env, logging_level="ERROR", log_to_driver=False)
@@ -269,6 +271,21 @@ def start_ray(workers: int, address: str | None, cpus_per_task: int, sys_path: S
                          f"--sb-threads {max(1, max(sizes, default=1))} or add bigger nodes")
     slots = sum(s // cpus_per_task for s in sizes)
     return ray, slots, str(ray.get_runtime_context().gcs_address)
+
+
+def _probe(address: str) -> None:
+    """ray.init waits minutes for a head that never answers: a TCP connect first, 5 s."""
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise BuildError(f"--sb-ray-address {address!r} is not host:port (ray start --head prints the address, "
+                         "e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise BuildError(f"the Ray cluster at {address} is unreachable ({e.strerror or e}); start it with "
+                         f"`ray start --head --port {port}` on {host}, check the address and firewall, or drop "
+                         "--sb-ray-address to build in this process") from None
 
 
 def run_on_ray(ctx: BuildContext, tasks: Sequence[BuildTask], *, workers: int = 0, address: str | None = None,
@@ -340,6 +357,10 @@ def importable_paths() -> tuple[str, ...]:
 MEASURE_ONLY_ALLOWED = ("evaluations", "datasets")
 
 
+_WHAT = {"trained": "trained model", "variants": "compressed variant (a chain step's weights)",
+         "teacher_logits": "teacher's logits"}
+
+
 def measure_only_guard(build_command: str) -> Callable[[str, Any], str | None]:
     """For ``ArtifactCache.forbid_build`` under --sb-measure-only: a missing trained model, variant
     step, teacher's logits or artifact is an error naming the command that builds it."""
@@ -347,8 +368,10 @@ def measure_only_guard(build_command: str) -> Callable[[str, Any], str | None]:
     def guard(namespace: str, key_parts: Any) -> str | None:
         if namespace in MEASURE_ONLY_ALLOWED:
             return None
-        return (f"--sb-measure-only: the cache has no {namespace} entry this record needs (nothing is trained, "
-                f"quantized or exported on a measuring machine); build it first with: {build_command}")
+        what = _WHAT.get(namespace) or (f"{namespace.split('/', 1)[1]} artifact" if namespace.startswith("artifacts/")
+                                        else f"{namespace} entry")
+        return (f"--sb-measure-only: no {what} in the cache for this record, and nothing is trained, quantized "
+                f"or exported on a measuring machine; build it first: {build_command}")
 
     return guard
 

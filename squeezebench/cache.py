@@ -175,6 +175,10 @@ class ArtifactCache:
                     build: Callable[[Path], dict | None]) -> Path:
         """Build in a temp sibling and rename it to the final entry (caller holds the local lock)."""
         final = self.entry_dir(namespace, key)
+        # A builder killed mid-entry left its temp dir (never served: hidden name, no rename); the
+        # lock we hold means no live builder owns one, so clear them.
+        for stale in final.parent.glob(f".{key}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=final.parent))
         try:
             meta = build(tmp) or {}
@@ -353,8 +357,13 @@ class ArtifactCache:
         """``(namespace, key)`` of every local entry with a manifest (verify with :meth:`lookup`)."""
         if not self.root.is_dir():
             return []
-        return sorted((p.parent.parent.name, p.parent.name) for p in self.root.glob(f"*/*/{MANIFEST}")
-                      if not p.parent.parent.name.startswith("."))
+        # Namespaces nest (artifacts/onnx): the entry is the manifest's folder, its namespace the rest.
+        out = []
+        for p in self.root.rglob(MANIFEST):
+            rel = p.parent.relative_to(self.root).parts
+            if len(rel) >= 2 and not any(x.startswith(".") for x in rel):
+                out.append(("/".join(rel[:-1]), rel[-1]))
+        return sorted(out)
 
     @staticmethod
     def meta(entry: Path) -> dict:

@@ -419,6 +419,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                                     shared_cache=config.getoption("sb_shared_cache"))
     except ValueError as e:
         raise pytest.UsageError(f"squeezebench: {e}") from None
+    from squeezebench.cache import ArtifactCache, SharedCacheError
+
+    try:  # an unreachable or read-only shared cache: one line before any task starts
+        ArtifactCache(settings.cache_dir, shared=settings.shared_cache)
+    except SharedCacheError as e:
+        pytest.exit(f"squeezebench build: {e}", returncode=4)
     workers = config.getoption("sb_workers")
     if workers < 0:
         raise pytest.UsageError(f"--sb-workers must be >= 0, got {workers}")

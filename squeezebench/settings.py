@@ -36,6 +36,8 @@ class Settings:
     # A path or fsspec URL (s3://, gs://, an NFS mount) that builders publish to and measuring
     # machines read from; cache_dir stays the local working copy the runtimes load files from.
     shared_cache: str | None = None
+    # A measuring machine only reads the shared cache (its credentials may be read-only).
+    shared_read_only: bool = False
 
 
 def resolve_settings(
@@ -45,6 +47,7 @@ def resolve_settings(
     quiet: bool = False,
     environ: dict[str, str] | None = None,
     shared_cache: str | None = None,
+    shared_read_only: bool = False,
 ) -> Settings:
     env = os.environ if environ is None else environ
     cache = Path(cache_dir or env.get(ENV_CACHE_DIR) or user_cache_dir()).expanduser()
@@ -59,4 +62,5 @@ def resolve_settings(
         threads=threads or available_cores(),
         quiet=quiet,
         shared_cache=shared_cache or env.get(ENV_SHARED_CACHE) or None,
+        shared_read_only=shared_read_only,
     )

@@ -235,11 +235,15 @@ class SharedStore:
         """``(namespace, key)`` of every published entry (those with a manifest)."""
         self.fs.invalidate_cache()
         found = []
-        for path in self.fs.glob(f"{self.root}/*/*/{MANIFEST}"):
-            namespace, key = path.rstrip("/").split("/")[-3:-1]
-            if not namespace.startswith("."):
-                found.append((namespace, key))
-        return sorted(found)
+        root = self.root.rstrip("/")
+        # Namespaces nest (artifacts/onnx): every <namespace...>/<key>/MANIFEST.json below the root.
+        for depth in (3, 4):  # namespace (1 or 2 levels) / key / MANIFEST.json
+            for path in self.fs.glob("/".join([root, *["*"] * (depth - 1), MANIFEST])):
+                parts = path.rstrip("/").split("/")[-depth:]
+                namespace, key = "/".join(parts[:-2]), parts[-2]
+                if not namespace.startswith("."):
+                    found.append((namespace, key))
+        return sorted(set(found))
 
     # -- leases --------------------------------------------------------------------------------
 

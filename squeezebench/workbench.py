@@ -85,7 +85,10 @@ class Workbench:
     def __init__(self, settings: Settings, progress: Progress | None = None, config: Config | None = None):
         self.settings = settings
         self.config = config or Config()  # the user's [tool.squeezebench] settings
-        self.cache = ArtifactCache(settings.cache_dir)
+        # A shared store (settings.shared_cache) is probed here: unreachable or read-only is one
+        # SharedCacheError before any work.
+        self.cache = ArtifactCache(settings.cache_dir, shared=settings.shared_cache,
+                                   shared_read_only=settings.shared_read_only)
         self.progress = progress or (lambda msg: None)
         self._datasets: dict[str, Dataset] = {}
         self._variants: dict[tuple, Variant] = {}
