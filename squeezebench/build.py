@@ -376,6 +376,34 @@ def measure_only_guard(build_command: str) -> Callable[[str, Any], str | None]:
     return guard
 
 
+def simulate_wall(tasks: Sequence[BuildTask], seconds: dict[str, float], workers: int,
+                  overhead_s: float = 0.0) -> float:
+    """Wall time of ``tasks`` on ``workers`` slots when each takes ``seconds[id]`` (+ ``overhead_s``)
+    and starts as soon as its dependencies are done and a slot is free, in plan order (Ray's
+    FIFO): the scaling model. With enough workers it is the critical path."""
+    free = [0.0] * max(1, workers)
+    end: dict[str, float] = {}
+    pending = list(tasks)
+    while pending:
+        # the first task in plan order whose dependencies are done soonest
+        t = min(pending, key=lambda t: max((end[d] for d in t.after if d in end), default=0.0))
+        pending.remove(t)
+        ready = max((end[d] for d in t.after if d in end), default=0.0)
+        i = min(range(len(free)), key=free.__getitem__)
+        start = max(ready, free[i])
+        end[t.id] = free[i] = start + seconds.get(t.id, 0.0) + overhead_s
+    return max(end.values(), default=0.0)
+
+
+def critical_path(tasks: Sequence[BuildTask], seconds: dict[str, float]) -> tuple[float, list[str]]:
+    """The longest dependency chain (seconds and task ids): no worker count builds faster."""
+    best: dict[str, tuple[float, list[str]]] = {}
+    for t in tasks:  # plan order is topological
+        prev = max((best[d] for d in t.after if d in best), default=(0.0, []), key=lambda x: x[0])
+        best[t.id] = (prev[0] + seconds.get(t.id, 0.0), [*prev[1], t.id])
+    return max(best.values(), default=(0.0, []), key=lambda x: x[0])
+
+
 def run_build(ctx: BuildContext, tasks: Sequence[BuildTask], *, workers: int = 0, address: str | None = None,
               say: Say = print, progress: Say | None = None) -> BuildResult:
     """In this process unless ``workers`` or ``address`` asks for Ray."""

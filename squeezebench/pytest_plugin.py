@@ -84,6 +84,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--sb-ray-address", default=None,
                 help="build on the Ray cluster at this address (ray start --head prints it; 'auto' joins the "
                      "local one). Default: none")
+    g.addoption("--sb-build-json", default=None, metavar="PATH",
+                help="with --sb-build-only: write what each build task did (seconds, node, skipped backends, "
+                     "failures) and the wall time to PATH. Default: none")
     g.addoption("--sb-measure-only", action="store_true", default=False,
                 help="never train, quantize or export: read every artifact from the cache (or the shared "
                      "cache) and only measure; a missing one fails its record naming the build command. Default: off")
@@ -441,5 +444,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         pytest.exit(f"squeezebench build: {e}", returncode=4)
     for line in result.summary().splitlines():
         say(line)
+    if config.getoption("sb_build_json"):
+        import dataclasses
+        import json
+
+        from squeezebench.cache import atomic_write_bytes
+
+        doc = {**dataclasses.asdict(result), "tasks": [dataclasses.asdict(t) for t in tasks],
+               "threads": settings.threads}
+        atomic_write_bytes(Path(config.getoption("sb_build_json")), json.dumps(doc, indent=1).encode())
     pytest.exit("build finished" if result.ok else f"build: {len(result.failed)} tasks failed",
                 returncode=0 if result.ok else 1)

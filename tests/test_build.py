@@ -226,3 +226,16 @@ def test_a_killed_worker_is_retried_and_no_partial_entry_is_served(tmp_path):
         assert ArtifactCache.meta(entry)["pid"] != res["first_pid"]  # built by the retry, not the dead worker
     assert sorted(p.name for p in (tmp_path / "cache" / "artifacts" / "test").iterdir()) == sorted(
         Path(x["entry"]).name for x in r.done)  # no half-written entry, and the dead one's temp dir cleared
+
+
+def test_scaling_model_is_list_scheduling_bounded_by_the_critical_path():
+    from squeezebench.build import critical_path, simulate_wall
+
+    tasks = plan_build(_cases("m", ["a", "b", "c", "a+x"]))
+    secs = {"m/d/fp32": 10.0, "m/d/a": 4.0, "m/d/b": 3.0, "m/d/c": 2.0, "m/d/a+x": 5.0}
+    assert simulate_wall(tasks, secs, 1) == pytest.approx(24.0)  # the sum
+    assert simulate_wall(tasks, secs, 2) == pytest.approx(19.0)  # fp32; a | b; a+x | c
+    cp, path = critical_path(tasks, secs)
+    assert cp == pytest.approx(19.0) and path == ["m/d/fp32", "m/d/a", "m/d/a+x"]
+    assert simulate_wall(tasks, secs, 8) == pytest.approx(cp)  # more workers stop helping
+    assert simulate_wall(tasks, secs, 2, overhead_s=1.0) == pytest.approx(22.0)
