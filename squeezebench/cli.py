@@ -74,7 +74,8 @@ def build_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``squeezebench VIEW ...``: summary, paper, plots, markdown, html, compare, trend; or search."""
+    """``squeezebench VIEW ...``: summary, machines, speedups, paper, plots, markdown, html, compare,
+    trend; or search, or build."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["build"]:
         return build_main(argv[1:])

@@ -130,7 +130,9 @@ class SearchSpace:
             pct = trial.suggest_int("sparsity", *self.sparsity)
             steps = trial.suggest_int("prune_steps", 1, self.max_steps)
             epochs = trial.suggest_int("prune_epochs", 1, self.max_epochs)
-            tok.append(f"{'g' if scope == 'global' else ''}prune{pct}-s{steps}-e{epochs}")
+            keep = trial.suggest_categorical("prune_keep_dense", ["none", "first", "last", "ends"])
+            tok.append(f"{'g' if scope == 'global' else ''}prune{pct}-s{steps}-e{epochs}"
+                       + {"none": "", "first": "-kf", "last": "-kl", "ends": "-kfl"}[keep])
         if "kdself" in t and tok and trial.suggest_categorical("kdself", [False, True]):
             tok.append(f"kdself-t{trial.suggest_categorical('kdself_t', [2, 4, 8])}"
                        f"-a{trial.suggest_categorical('kdself_alpha', [0.5, 0.7, 0.9])}"

@@ -20,6 +20,7 @@ def _layer_sparsity(model):
     ({"steps": 0}, "steps=1"),
     ({"finetune_epochs": -1}, ">= 0"),
     ({"lr_scale": 0}, "0.5"),
+    ({"keep": "middle"}, "first, last, ends"),
 ])
 def test_bad_configs_name_the_fix(kwargs, fix):
     with pytest.raises(ConfigError, match=fix.replace("+", r"\+")):
@@ -30,11 +31,33 @@ def test_bad_configs_name_the_fix(kwargs, fix):
     ("prune50", 0.5, "layer", 1, 1), ("prune80", 0.8, "layer", 1, 1), ("prune90", 0.9, "layer", 2, 2),
     ("gprune95", 0.95, "global", 3, 2), ("gprune98-s4-e3", 0.98, "global", 4, 3), ("prune99.5", 0.995, "layer", 3, 2),
     ("prune80-e2", 0.8, "layer", 1, 2), ("gprune90-s1-e1", 0.9, "global", 1, 1),
+    ("gprune90-s1-e1-kfl", 0.9, "global", 1, 1), ("prune80-kl", 0.8, "layer", 1, 1),
 ])
 def test_tokens_round_trip(token, sparsity, scope, steps, epochs):
     (cfg,) = parse_variant_id(token)
     assert (cfg.sparsity, cfg.scope, cfg.steps, cfg.finetune_epochs) == (pytest.approx(sparsity), scope, steps, epochs)
     assert variant_id([cfg]) == token
+
+
+@pytest.mark.parametrize("token,keep", [("prune80-kf", "first"), ("gprune90-kl", "last"), ("prune80-kfl", "ends"),
+                                        ("prune80", "")])
+def test_keep_dense_token(token, keep):
+    (cfg,) = parse_variant_id(token)
+    assert cfg.keep == keep and variant_id([cfg]) == token
+
+
+@pytest.mark.parametrize("token,dense", [("gprune90-s1-kfl", {"fc1", "fc3"}), ("prune80-kl", {"fc3"}),
+                                         ("prune80-kf", {"fc1"})])
+def test_layers_kept_dense_are_not_pruned(tiny_workbench, token, dense):
+    """Layers kept dense keep every weight; the others reach the sparsity (global: over them only)."""
+    v = tiny_workbench.variant("lenet300_100", "tiny", token)
+    per = _layer_sparsity(v.model)
+    assert {n for n, s in per.items() if s == 0.0} == dense
+    assert v.facts["prune"]["kept_dense"] == sorted(dense)
+    pruned = [m for n, m in v.model.named_modules() if isinstance(m, nn.Linear) and n not in dense]
+    total = sum(m.weight.numel() for m in pruned)
+    zeros = sum(int((m.weight == 0).sum()) for m in pruned)
+    assert zeros / total == pytest.approx(v.facts["prune"]["sparsity"], abs=0.002)
 
 
 def test_default_allowed_drops():

@@ -38,7 +38,12 @@ from squeezebench.metrics import nonzero_per_layer
 from squeezebench.recipes import recipe_for
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
-_TOKEN = re.compile(r"^(?P<g>g?)prune(?P<pct>\d+(?:\.\d+)?)(?:-s(?P<steps>\d+))?(?:-e(?P<epochs>\d+))?$")
+_TOKEN = re.compile(r"^(?P<g>g?)prune(?P<pct>\d+(?:\.\d+)?)(?:-s(?P<steps>\d+))?(?:-e(?P<epochs>\d+))?"
+                    r"(?:-k(?P<keep>fl|f|l))?$")
+# Layers kept dense, by position among the Linear/Conv layers (a model's names differ; its first
+# and last layers are where pruning costs the most accuracy per weight removed).
+KEEP = {"": (), "first": ("first",), "last": ("last",), "ends": ("first", "last")}
+_KEEP_TOKEN = {"": "", "first": "-kf", "last": "-kl", "ends": "-kfl"}
 
 
 def default_steps(sparsity: float) -> int:
@@ -71,6 +76,7 @@ class PruneConfig(CompressionConfig):
     steps: int | None = None
     finetune_epochs: int | None = None
     lr_scale: float = 0.5
+    keep: str = ""  # layers kept dense: "" | first | last | ends (token -kf, -kl, -kfl)
 
     def __post_init__(self) -> None:
         if not isinstance(self.sparsity, (int, float)) or not 0.0 < self.sparsity < 1.0:
@@ -89,6 +95,9 @@ class PruneConfig(CompressionConfig):
         if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
             raise ConfigError(f"finetune_epochs must be an integer >= 0 (0 = no fine-tuning), got "
                               f"{self.finetune_epochs!r}")
+        if self.keep not in KEEP:
+            raise ConfigError(f"keep names the layers kept dense: one of first, last, ends (both) or '' "
+                              f"(none), got {self.keep!r}")
         if not self.lr_scale > 0:
             raise ConfigError(f"lr_scale multiplies the recipe's learning rate and must be > 0, got "
                               f"{self.lr_scale!r}; try 0.5")
@@ -101,7 +110,7 @@ class PruneConfig(CompressionConfig):
             t += f"-s{self.steps}"
         if self.finetune_epochs != default_finetune_epochs(self.sparsity):
             t += f"-e{self.finetune_epochs}"
-        return t
+        return t + _KEEP_TOKEN[self.keep]
 
     @classmethod
     def parse(cls, token: str):
@@ -111,7 +120,8 @@ class PruneConfig(CompressionConfig):
         pct = float(m["pct"])
         return cls(sparsity=pct / 100.0, scope="global" if m["g"] else "layer",
                    steps=int(m["steps"]) if m["steps"] else None,
-                   finetune_epochs=int(m["epochs"]) if m["epochs"] else None)
+                   finetune_epochs=int(m["epochs"]) if m["epochs"] else None,
+                   keep={"f": "first", "l": "last", "fl": "ends"}.get(m["keep"] or "", ""))
 
     def needs_torch_module(self) -> str:
         return "prune/fine-tune"
@@ -128,6 +138,13 @@ class PruneConfig(CompressionConfig):
 
 def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+
+
+def to_prune(model: nn.Module, keep: str = "") -> list[tuple[str, nn.Module]]:
+    """The Linear/Conv layers a prune step prunes: all of them but those ``keep`` keeps dense."""
+    layers = prunable(model)
+    drop = {0 if k == "first" else len(layers) - 1 for k in KEEP[keep]} if len(layers) > 1 else set()
+    return [x for i, x in enumerate(layers) if i not in drop]
 
 
 def finetune_config(state: ChainState, epochs: int, lr_scale: float, seed_offset: int = 0) -> training.TrainConfig:
@@ -177,7 +194,7 @@ def _prune_round(model: nn.Module, cfg: PruneConfig, target: float) -> None:
     """Prune (more) weights so that ``target`` of every layer (layer scope) or of all weights
     together (global scope) is zero. Counts are integers of still-alive weights, so rounds stack
     exactly through torch's PruningContainer."""
-    layers = prunable(model)
+    layers = to_prune(model, cfg.keep)
 
     def alive(m: nn.Module) -> int:
         mask = getattr(m, "weight_mask", None)
@@ -243,6 +260,7 @@ def apply_prune(cfg: PruneConfig, state: ChainState) -> ChainState:
     state.facts["prune"] = {
         "sparsity": cfg.sparsity, "scope": cfg.scope, "steps": cfg.steps,
         "finetune_epochs_per_step": cfg.finetune_epochs, "lr_scale": cfg.lr_scale,
+        "kept_dense": sorted(set(n for n, _ in prunable(model)) - set(n for n, _ in to_prune(model, cfg.keep))),
         "method": f"torch.nn.utils.prune.{'l1_unstructured' if cfg.scope == 'layer' else 'global_unstructured'}",
         "rounds": meta.get("rounds", []),
         "nonzero_per_layer_before": before,

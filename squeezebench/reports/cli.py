@@ -21,7 +21,8 @@ def _parser(prog: str = "squeezebench") -> argparse.ArgumentParser:
                     "Unreadable files are named on stderr and the others are still read.",
         epilog="views: summary, machines, speedups, paper, plots, markdown, html, compare, trend. "
                f"'{prog} VIEW --help' for each one's options. '{prog} search --help': the budget search "
-               "(trains and measures; not a view).")
+               f"(trains and measures; not a view). '{prog} build --help': the build phase (pytest "
+               "--sb-build-only; not a view).")
     sub = p.add_subparsers(dest="view", metavar="VIEW", required=True)
 
     s = sub.add_parser("summary", help="machines and every record, as a text table")
