@@ -26,15 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from squeezebench.build import BuildTask, critical_path, simulate_wall  # noqa: E402
+from squeezebench.cache import ArtifactCache  # noqa: E402
 
 
 def inventory(root: Path) -> dict[str, dict[str, str]]:
-    out = {}
-    for m in root.glob("**/MANIFEST.json"):
-        rel = m.parent.relative_to(root).as_posix()
-        if not rel.startswith(("evaluations", "datasets")):
-            out[rel] = {k: v["sha256"] for k, v in json.loads(m.read_text())["files"].items()}
-    return out
+    return ArtifactCache(root).inventory()
 
 
 def build(out: Path, name: str, select: list[str], extra: list[str]) -> dict:

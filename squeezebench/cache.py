@@ -19,8 +19,9 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from filelock import FileLock
 
@@ -153,10 +154,7 @@ class ArtifactCache:
         if hit is not None:
             return hit
         final = self.entry_dir(namespace, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.lock_path(namespace, key)):
-            # Whoever held the lock before us may have published it meanwhile.
-            hit = self.lookup(namespace, key, remove_corrupt=True)
+        with self._locked(namespace, key) as hit:
             if hit is not None:
                 return hit
             if self.shared is None:
@@ -164,6 +162,22 @@ class ArtifactCache:
                 self._build_into(namespace, key, key_parts, build)
                 return final
             return self._get_or_build_shared(namespace, key, key_parts, build)
+
+    @contextmanager
+    def _locked(self, namespace: str, key: str) -> Iterator[Path | None]:
+        """Hold the entry's lock; yields the verified entry if one was published meanwhile (by
+        whoever held the lock before us), else None (a corrupt one is removed)."""
+        self.entry_dir(namespace, key).parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.lock_path(namespace, key)):
+            yield self.lookup(namespace, key, remove_corrupt=True)
+
+    def inventory(self, skip: tuple[str, ...] = ("evaluations", "datasets")) -> dict[str, dict[str, str]]:
+        """``{"<namespace>/<key>": {file: sha256}}`` of every local entry, from the manifests, but
+        those of the ``skip`` namespaces (by default the measurements and decoded data): what two
+        builds must agree on, file for file."""
+        return {f"{ns}/{key}": {n: m["sha256"] for n, m in json.loads(
+                    (self.entry_dir(ns, key) / MANIFEST).read_text())["files"].items()}
+                for ns, key in self.entries() if not ns.startswith(skip)}
 
     def _check_allowed(self, namespace: str, key_parts: Any) -> None:
         if self.forbid_build is not None:
@@ -324,10 +338,7 @@ class ArtifactCache:
         hit = self.lookup(namespace, key)
         if hit is not None or self.shared is None:
             return hit
-        final = self.entry_dir(namespace, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.lock_path(namespace, key)):
-            hit = self.lookup(namespace, key, remove_corrupt=True)
+        with self._locked(namespace, key) as hit:
             if hit is not None:
                 return hit
             raw = self._read_shared(namespace, key)

@@ -114,12 +114,7 @@ def test_unreachable_ray_address_is_one_message():
 # -- end to end through pytest ------------------------------------------------------------------------
 def _inventory(root: Path) -> dict[str, dict[str, str]]:
     """Every built entry (not the evaluations: those are measurements) with its files' sha256."""
-    out = {}
-    for m in root.glob("**/MANIFEST.json"):
-        rel = m.parent.relative_to(root).as_posix()
-        if not rel.startswith(("evaluations", "datasets")):
-            out[rel] = {k: v["sha256"] for k, v in json.loads(m.read_text())["files"].items()}
-    return out
+    return ArtifactCache(root).inventory()
 
 
 SELECT = ("--sb-models", "lenet300_100", "--sb-variants", "fp32,int8-static,prune50+int8-dynamic",

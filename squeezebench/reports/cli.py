@@ -181,13 +181,7 @@ def cmd_machines(args) -> int:
         print("reports: no readable history; nothing to report", file=sys.stderr)
         return 2
     text = machines_report(hs, fmt_=args.format)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}")
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(text, args.output)
 
 
 def cmd_speedups(args) -> int:
@@ -230,13 +224,7 @@ def cmd_paper(args) -> int:
         text = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{CSS}</style></head><body>"
                 "<h1>The study's tables, measured by us</h1><ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in pre)
                 + "</ul>" + "\n".join(t.html(2) for t in ts) + "</body></html>")
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}")
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(text, args.output)
 
 
 def cmd_plots(args) -> int:
@@ -362,3 +350,14 @@ def main(argv: list[str] | None = None, prog: str = "squeezebench") -> int:
         return handlers[args.view](args)
     except BrokenPipeError:  # `python -m reports paper | head`
         return 0
+
+
+def _emit(text: str, output: Path | None) -> int:
+    """``text`` to ``output`` (its folder made), else to stdout."""
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        print(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+    return 0
