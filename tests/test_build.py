@@ -234,3 +234,35 @@ def test_scaling_model_is_list_scheduling_bounded_by_the_critical_path():
     assert cp == pytest.approx(19.0) and path == ["m/d/fp32", "m/d/a", "m/d/a+x"]
     assert simulate_wall(tasks, secs, 8) == pytest.approx(cp)  # more workers stop helping
     assert simulate_wall(tasks, secs, 2, overhead_s=1.0) == pytest.approx(22.0)
+
+
+@pytest.mark.e2e
+def test_an_unreachable_shared_cache_stops_the_run_with_one_line(tmp_path):
+    """A shared cache nobody answers for: one line naming the URL and the cause, exit 4, for a
+    benchmark run and for a build; nothing is written locally."""
+    pytest.importorskip("s3fs")
+    import socket
+
+    from conftest import run_bench
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+           "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        for extra in (("--benchmark-disable",), ("--sb-build-only",)):
+            r, out = run_bench("--sb-models", "lenet300_100", "--sb-datasets", "mnist", "--sb-variants", "fp32",
+                               "--sb-backends", "onnxruntime", "--sb-batches", "1", "--sb-shared-cache",
+                               "s3://bucket/sqz", *extra, tmp_path=tmp_path, timeout=240)
+            assert r.returncode == 4, out[-2000:]
+            assert "shared cache s3://bucket/sqz" in out and "Traceback" not in out, out[-2000:]
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert not (tmp_path / "cache" / "trained").exists()
