@@ -1,32 +1,40 @@
 """An honest compact encoding of a variant's weights (``model.sqz``): what the model costs to
-store when zeros are not stored and int8 weights are stored as int8. We write it and read it back
-to identical tensors (:func:`decode`), so ``compressed_bytes`` is a size we can stand behind.
+store when zeros are not stored, shared weights are stored as codebook indices and int8 weights
+as int8, all entropy coded (Deep Compression's three stages, Han et al. 2016). We write it and read
+it back to identical tensors (:func:`decode`), so ``compressed_bytes`` is a size we can stand
+behind.
 
-Per tensor, the smallest of (sizes before the entropy coder):
+Per tensor, the cheapest of (cost = raw bytes + the ideal code length of its symbol streams):
 
 * ``dense``: every value, in the dtype the variant stores it (float32/float16/float64, bfloat16
-  as its 16 bits, int64 buffers as int64);
-* ``sparse4`` / ``sparse8``: Deep Compression's relative indices (Han et al. 2016): the
-  nonzero values in order, each with the count of zeros before it in 4 or 8 bits; a gap longer
-  than the field holds is bridged with filler entries (index 15 or 255, value zero);
+  as its 16 bits, int64 buffers as int64; 8-bit integers as a symbol stream);
+* ``sparse4`` / ``sparse8``: Deep Compression's relative indices: the nonzero values in order,
+  each with the count of zeros before it as a symbol below 16 or 256; a gap longer than that is
+  bridged with filler entries (index 15 or 255, value zero);
 * for a tensor with at most 256 distinct values (weight sharing,
   :mod:`squeezebench.compression.share`; the 4-bit codes of
-  :mod:`squeezebench.compression.weight_only`), each of the above over its codebook indices instead
-  of its values: the codebook (the distinct values, in the stored dtype), then 4-bit indices when
-  it has at most 16 entries, else 8-bit; "zero" is the index of the value 0.
+  :mod:`squeezebench.compression.weight_only`; an fp16 cast of either), each of the above over
+  its codebook indices instead of its values: the codebook (the distinct values, in the stored
+  dtype), then the indices as symbols below the codebook's size; "zero" is the index of 0.
 
 Values come from the variant's ``qweights`` (int8, with their per-tensor or per-channel scale
 and zero point; 4-bit weight-only codes with one scale per group, the group size in the
 header) when a quantize step set them, else from ``model.state_dict()`` exactly. For
-int8 tensors "zero" means the zero point. The whole body (a compact JSON header and the
-payload) then goes through zlib or lzma from the standard library when that is smaller; the
-coder used is in the file and in :func:`describe`'s label, e.g. ``sparse-relidx+lzma``.
+int8 tensors "zero" means the zero point.
 
-Layout: ``b"SQZ1"``, one coder byte (0 none, 1 zlib, 2 lzma raw LZMA2), then the coded body:
-``uint32 little-endian header length``, header JSON, payload blocks in header order
-(per tensor: [float32 scales][zero points, int8 when they fit, else int32] for int8 tensors, or
-[codebook] for shared tensors, then [relative indices][values] or [values], values being codebook
-indices for shared tensors).
+Two coders, both lossless: the compact JSON header and the raw bytes (floats, scales, codebooks)
+go through zlib or lzma from the standard library when that is smaller; the symbol streams
+(relative indices, codebook indices, int8 values) are range coded by ``constriction`` under an
+adaptive order-0 model (counts so far, updated every 16 symbols; no table stored), Deep
+Compression's Huffman stage done with an arithmetic coder. :func:`describe`'s label names both,
+e.g. ``sparse-relidx-codebook+lzma+range``.
+
+Layout: ``b"SQZ2"``, one coder byte for the raw part (0 none, 1 zlib, 2 lzma raw LZMA2), a
+CRC-32 of the rest (uint32 little-endian), the coded raw part's length (uint32), the coded raw
+part (``uint32 header length``, header JSON, per tensor [float32 scales][zero points, int8 when
+they fit, else int32] for int8 tensors, [codebook] for shared tensors, [float values]), then the
+range coder's 32-bit words, streams in header order (per tensor: relative indices, then values
+or codebook indices).
 """
 from __future__ import annotations
 
@@ -40,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-MAGIC = b"SQZ1"
+MAGIC = b"SQZ2"
 CODERS = {0: "none", 1: "zlib", 2: "lzma"}
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 QSUFFIX_SCALE = "::scale"
@@ -154,113 +162,203 @@ def sparse_entries(flat: np.ndarray, zero: np.ndarray, bits: int) -> tuple[np.nd
     return pos, idx.astype(np.uint8)
 
 
-def _pack4(idx: np.ndarray) -> bytes:
-    if idx.size % 2:
-        idx = np.concatenate((idx, [0])).astype(np.uint8)
-    return (idx[0::2] | (idx[1::2] << 4)).astype(np.uint8).tobytes()
-
-
-def _unpack4(buf: bytes, n: int) -> np.ndarray:
-    b = np.frombuffer(buf, dtype=np.uint8)
-    out = np.empty(b.size * 2, dtype=np.uint8)
-    out[0::2] = b & 0x0F
-    out[1::2] = b >> 4
-    return out[:n]
-
-
 def _le(dtype_label: str) -> np.dtype:
     return np.dtype(np.uint16 if dtype_label == "bfloat16" else dtype_label).newbyteorder("<")
 
 
+# -- the entropy coder: adaptive range coding of symbol streams ---------------------------------
+# Every stream of small integers (relative indices, codebook indices, int8 values) is range
+# coded (constriction's queue RangeEncoder) under an adaptive order-0 model: the probability of
+# a symbol is its count so far plus ALPHA_MASS/K, updated every BLOCK symbols. No frequency
+# table is stored (the decoder rebuilds the same counts), which is what makes this cheaper than
+# a static Huffman code on the small layers of a pruned network.
+BLOCK = 16
+ALPHA_MASS = 8.0  # the prior's total pseudo-count, spread over the alphabet (KT's 1/2 at K=16)
+_ROWS = 1 << 20  # probability-table entries handed to the coder at once (memory bound)
+
+
+def _alpha(k: int) -> float:
+    return min(0.5, ALPHA_MASS / k)
+
+
+def _counts_before_blocks(x: np.ndarray, k: int) -> np.ndarray:
+    """(blocks, k): how often each symbol occurred before each block of BLOCK symbols."""
+    nb = -(-x.size // BLOCK)
+    h = np.bincount((np.arange(x.size) // BLOCK) * k + x, minlength=nb * k).reshape(nb, k)
+    return np.cumsum(h, axis=0) - h
+
+
+def stream_bits(x: np.ndarray, k: int) -> float:
+    """Ideal code length in bits of ``x`` (symbols < ``k``) under the adaptive model."""
+    if x.size == 0 or k <= 1:
+        return 0.0
+    x = x.astype(np.int64)
+    before = _counts_before_blocks(x, k)
+    b = np.arange(x.size) // BLOCK
+    a = _alpha(k)
+    return float(-np.log2((before[b, x] + a) / (b * BLOCK + k * a)).sum())
+
+
+def _range_encode(streams: list[tuple[np.ndarray, int]]) -> bytes:
+    import constriction
+
+    coder = constriction.stream.queue.RangeEncoder()
+    family = constriction.stream.model.Categorical(perfect=False)
+    for x, k in streams:
+        if x.size == 0 or k <= 1:
+            continue
+        x = x.astype(np.int64)
+        probs = _counts_before_blocks(x, k).astype(np.float64) + _alpha(k)
+        rows = max(BLOCK, (_ROWS // k) // BLOCK * BLOCK)
+        for i in range(0, x.size, rows):
+            chunk = x[i:i + rows]
+            coder.encode(chunk.astype(np.int32), family, probs[(np.arange(chunk.size) + i) // BLOCK])
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+class _RangeDecoder:
+    def __init__(self, data: bytes):
+        import constriction
+
+        if len(data) % 4:
+            raise ValueError("truncated compressed model (range-coded words)")
+        self._dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+        self._family = constriction.stream.model.Categorical(perfect=False)
+
+    def take(self, n: int, k: int) -> np.ndarray:
+        if n == 0 or k <= 1:
+            return np.zeros(n, dtype=np.int64)
+        out = np.empty(n, dtype=np.int64)
+        counts = np.full(k, _alpha(k))
+        for i in range(0, n, BLOCK):
+            m = min(BLOCK, n - i)
+            out[i:i + m] = self._dec.decode(self._family, np.broadcast_to(counts, (m, k)).copy())
+            np.add.at(counts, out[i:i + m], 1)
+        return out
+
+
 # -- encode / decode --------------------------------------------------------------------------
+# An option for one tensor: (encoding, entries, codebook meta, raw bytes, symbol streams).
+_Option = tuple[str, "int | None", "dict | None", bytes, list]
 
-def _codebook_options(flat: np.ndarray, le: np.dtype) -> list[tuple]:
-    """Encodings of a tensor through its codebook, when it has at most 256 values."""
-    codebook, inv = np.unique(flat, return_inverse=True)
-    if codebook.size > 256:
-        return []
-    idx = inv.reshape(-1).astype(np.uint8)
-    narrow = codebook.size <= 16
 
-    def pack(a: np.ndarray) -> bytes:
-        return _pack4(a) if narrow else a.tobytes()
+def _is_int8(le: np.dtype) -> bool:
+    return le.itemsize == 1 and le.kind in "iu"
 
-    cb_bytes = codebook.astype(le).tobytes()
-    zeros = np.flatnonzero(codebook == 0)
-    z = int(zeros[0]) if zeros.size else None
-    out = [("dense", None, {"c": int(codebook.size), "z": z}, cb_bytes + pack(idx))]
-    if z is not None:
+
+def _values_part(vals: np.ndarray, le: np.dtype) -> tuple[bytes, list]:
+    """Values as raw bytes (floats, wider integers) or, for 8-bit integers, a symbol stream."""
+    if _is_int8(le):
+        return b"", [(vals.astype(le).view(np.uint8), 256)]
+    return vals.astype(le).tobytes(), []
+
+
+def _plain_options(flat: np.ndarray, zero: np.ndarray, le: np.dtype) -> list[_Option]:
+    raw, streams = _values_part(flat, le)
+    out: list[_Option] = [("dense", None, None, raw, streams)]
+    if flat.size > 1:
         for bits in (4, 8):
-            pos, gaps = sparse_entries(idx, np.full(idx.shape, z, dtype=np.uint8), bits)
-            vals = idx[pos]  # a filler sits on a zero: it carries the zero index
-            out.append((f"sparse{bits}", len(pos), {"c": int(codebook.size), "z": z},
-                        cb_bytes + (_pack4(gaps) if bits == 4 else gaps.tobytes()) + pack(vals)))
+            pos, gaps = sparse_entries(flat, zero, bits)
+            raw, streams = _values_part(flat[pos], le)
+            out.append((f"sparse{bits}", len(pos), None, raw, [(gaps, 1 << bits), *streams]))
     return out
 
 
+def _codebook_options(flat: np.ndarray, le: np.dtype) -> list[_Option]:
+    """Encodings of a tensor through its codebook, when it has at most 256 values."""
+    codebook, inv = np.unique(flat, return_inverse=True)
+    if codebook.size > 256 or flat.size <= 1:
+        return []
+    idx = inv.reshape(-1).astype(np.uint8)
+    c = int(codebook.size)
+    cb_bytes = codebook.astype(le).tobytes()
+    zeros = np.flatnonzero(codebook == 0)
+    z = int(zeros[0]) if zeros.size else None
+    out: list[_Option] = [("dense", None, {"c": c, "z": z}, cb_bytes, [(idx, c)])]
+    if z is not None:
+        for bits in (4, 8):
+            pos, gaps = sparse_entries(idx, np.full(idx.shape, z, dtype=np.uint8), bits)
+            # a filler sits on a zero: it carries the zero index
+            out.append((f"sparse{bits}", len(pos), {"c": c, "z": z}, cb_bytes, [(gaps, 1 << bits), (idx[pos], c)]))
+    return out
+
+
+def _cost(option: _Option) -> float:
+    return 8.0 * len(option[3]) + sum(stream_bits(x, k) for x, k in option[4])
+
+
 def encode_tensors(tensors: dict[str, dict]) -> bytes:
-    """Encode :func:`stored_tensors` output; the smallest of none/zlib/lzma over the body."""
-    header: list[dict] = []
+    """Encode :func:`stored_tensors` output: per tensor the cheapest option; the header and raw
+    bytes through the smallest of none/zlib/lzma, the symbol streams range coded."""
+    header: list[list] = []
     blocks: list[bytes] = []
+    streams: list[tuple[np.ndarray, int]] = []
     for name, s in tensors.items():
         a = np.asarray(s["values"])  # (np.ascontiguousarray would turn a 0-d buffer into 1-d)
         le = _le(s["dtype"])
         flat = np.ascontiguousarray(a).reshape(-1)
-        entry: dict = {"n": name, "s": list(a.shape), "d": s["dtype"]}
+        q = None
         if "scale" in s:
             zp = s["zero_point"]
             zdt = "<i1" if zp.size == 0 or (zp.min() >= -128 and zp.max() <= 127) else "<i4"
-            entry["q"] = {"axis": s.get("axis"), "c": int(s["scale"].size), "z": zdt,
-                          **({"g": s["group_size"]} if s.get("group_size") else {})}
+            q = {"axis": s.get("axis"), "c": int(s["scale"].size), "z": zdt,
+                 **({"g": s["group_size"]} if s.get("group_size") else {})}
             blocks += [s["scale"].astype("<f4").tobytes(), zp.astype(zdt).tobytes()]
-        options = [("dense", None, None, flat.astype(le).tobytes())]
-        if flat.size > 1:
-            zero = _zero_like(s).reshape(-1)
-            for bits in (4, 8):
-                pos, idx = sparse_entries(flat, zero, bits)
-                ib = _pack4(idx) if bits == 4 else idx.tobytes()
-                options.append((f"sparse{bits}", len(pos), None, ib + flat[pos].astype(le).tobytes()))
-            # Few distinct values (weight sharing; 4-bit codes): indices into a codebook.
-            options += _codebook_options(flat, le)
-        enc, count, cb, blob = min(options, key=lambda o: len(o[3]))
-        entry["e"] = enc
-        if count is not None:
-            entry["k"] = count
-        if cb is not None:
-            entry["cb"] = cb
-        header.append(entry)
-        blocks.append(blob)
-    hjson = json.dumps({"v": 1, "t": header}, separators=(",", ":")).encode()
+        options = _plain_options(flat, _zero_like(s).reshape(-1), le) + _codebook_options(flat, le)
+        enc, count, cb, raw, sym = min(options, key=_cost)
+        header.append([name, list(a.shape), s["dtype"], enc, count, cb, q])
+        blocks.append(raw)
+        streams += sym
+    hjson = json.dumps({"v": 2, "t": header}, separators=(",", ":")).encode()
     body = struct.pack("<I", len(hjson)) + hjson + b"".join(blocks)
     candidates = [(0, body), (1, zlib.compress(body, 9)),
                   (2, lzma.compress(body, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS))]
     code, coded = min(candidates, key=lambda c: (len(c[1]), c[0]))
-    return MAGIC + bytes([code]) + coded
+    payload = struct.pack("<I", len(coded)) + coded + _range_encode(streams)
+    return MAGIC + bytes([code]) + struct.pack("<I", zlib.crc32(payload)) + payload
 
 
-def _body(data: bytes) -> tuple[int, bytes]:
+def _split(data: bytes) -> tuple[int, bytes, bytes]:
+    """(coder, the decoded header-and-raw body, the range-coded words), checksum verified."""
     if data[:4] != MAGIC:
         raise ValueError("not a squeezebench compressed model (bad magic)")
+    if len(data) < 13:
+        raise ValueError("truncated compressed model")
     code = data[4]
+    (crc,) = struct.unpack_from("<I", data, 5)
+    payload = data[9:]
+    if zlib.crc32(payload) != crc:
+        raise ValueError("corrupt compressed model: checksum mismatch")
+    (n,) = struct.unpack_from("<I", payload, 0)
+    coded, words = payload[4:4 + n], payload[4 + n:]
+    if len(coded) != n:
+        raise ValueError("truncated compressed model")
     if code == 0:
-        return code, data[5:]
-    if code == 1:
-        return code, zlib.decompress(data[5:])
-    if code == 2:
-        return code, lzma.decompress(data[5:], format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-    raise ValueError(f"unknown coder byte {code}")
+        body = coded
+    elif code == 1:
+        body = zlib.decompress(coded)
+    elif code == 2:
+        body = lzma.decompress(coded, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    else:
+        raise ValueError(f"unknown coder byte {code}")
+    return code, body, words
 
 
-def _header(body: bytes) -> tuple[dict, int]:
+def _entries(body: bytes) -> tuple[list[dict], int]:
     (hlen,) = struct.unpack_from("<I", body, 0)
-    return json.loads(body[4:4 + hlen]), 4 + hlen
+    header = json.loads(body[4:4 + hlen])
+    if header.get("v") != 2:
+        raise ValueError(f"unsupported compressed model version {header.get('v')!r}")
+    keys = ("n", "s", "d", "e", "k", "cb", "q")
+    return [{k: v for k, v in zip(keys, row) if v is not None} for row in header["t"]], 4 + hlen
 
 
 def decode(data: bytes) -> dict[str, np.ndarray]:
     """Tensors back from :func:`encode` bytes, equal to :func:`reference_tensors` of the variant
     (same dtype, shape and values; a pruned ``-0.0`` comes back as ``0.0``, an equal value)."""
-    _, body = _body(data)
-    header, off = _header(body)
+    _, body, words = _split(data)
+    entries, off = _entries(body)
+    symbols = _RangeDecoder(words)
     out: dict[str, np.ndarray] = {}
 
     def take(nbytes: int) -> bytes:
@@ -271,7 +369,12 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
         off += nbytes
         return chunk
 
-    for e in header["t"]:
+    def values(count: int, le: np.dtype) -> np.ndarray:
+        if _is_int8(le):
+            return symbols.take(count, 256).astype(np.uint8).view(le)
+        return np.frombuffer(take(count * le.itemsize), dtype=le)
+
+    for e in entries:
         name, shape, label = e["n"], tuple(e["s"]), e["d"]
         le = _le(label)
         n = int(np.prod(shape)) if shape else 1
@@ -284,15 +387,17 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
             if "g" in e["q"]:
                 s["group_size"] = e["q"]["g"]
         if "cb" in e:
-            flat = _decode_codebook(e, n, le, take)
+            flat = _decode_codebook(e, n, le, take, symbols)
         elif e["e"] == "dense":
-            flat = np.frombuffer(take(n * le.itemsize), dtype=le)
+            flat = values(n, le)
         else:
             k = e["k"]
-            idx = _unpack4(take((k + 1) // 2), k) if e["e"] == "sparse4" else np.frombuffer(take(k), dtype=np.uint8)
-            vals = np.frombuffer(take(k * le.itemsize), dtype=le)
+            gaps = symbols.take(k, 16 if e["e"] == "sparse4" else 256)
+            vals = values(k, le)
             flat = _zero_like(s).reshape(-1).copy()
-            pos = np.cumsum(idx.astype(np.int64) + 1) - 1
+            pos = np.cumsum(gaps + 1) - 1
+            if k and pos[-1] >= n:
+                raise ValueError(f"relative index past the end of {name}")
             flat[pos] = vals
         a = np.asarray(flat, dtype=le.newbyteorder("=")).reshape(shape)
         out[name] = _bf16_to_f32(a) if label == "bfloat16" else a
@@ -304,21 +409,20 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
     return out
 
 
-def _decode_codebook(e: dict, n: int, le: np.dtype, take) -> np.ndarray:
+def _decode_codebook(e: dict, n: int, le: np.dtype, take, symbols: _RangeDecoder) -> np.ndarray:
     c, z = e["cb"]["c"], e["cb"]["z"]
     codebook = np.frombuffer(take(c * le.itemsize), dtype=le)
-
-    def unpack(count: int) -> np.ndarray:
-        return _unpack4(take((count + 1) // 2), count) if c <= 16 else np.frombuffer(take(count), dtype=np.uint8)
-
     if e["e"] == "dense":
-        idx = unpack(n)
+        idx = symbols.take(n, c)
     else:
         k = e["k"]
-        gaps = _unpack4(take((k + 1) // 2), k) if e["e"] == "sparse4" else np.frombuffer(take(k), dtype=np.uint8)
-        vals = unpack(k)
-        idx = np.full(n, z, dtype=np.uint8)
-        idx[np.cumsum(gaps.astype(np.int64) + 1) - 1] = vals
+        gaps = symbols.take(k, 16 if e["e"] == "sparse4" else 256)
+        vals = symbols.take(k, c)
+        idx = np.full(n, z, dtype=np.int64)
+        pos = np.cumsum(gaps + 1) - 1
+        if k and pos[-1] >= n:
+            raise ValueError("relative index past the end of a tensor")
+        idx[pos] = vals
     if idx.size and int(idx.max()) >= c:
         raise ValueError(f"codebook index {int(idx.max())} out of range for {c} entries")
     return codebook[idx]
@@ -326,16 +430,16 @@ def _decode_codebook(e: dict, n: int, le: np.dtype, take) -> np.ndarray:
 
 def describe(data: bytes) -> dict:
     """The coder and per-tensor encodings of compressed bytes, and a one-word label."""
-    code, body = _body(data)
-    header, _ = _header(body)
-    encs = {e["n"]: e["e"] + ("-codebook" if "cb" in e else "") for e in header["t"]}
+    code, body, words = _split(data)
+    entries, _ = _entries(body)
+    encs = {e["n"]: e["e"] + ("-codebook" if "cb" in e else "") for e in entries}
     sparse = any(v.startswith("sparse") for v in encs.values())
-    q = any("q" in e for e in header["t"])
-    shared = any("cb" in e for e in header["t"])
-    grouped = any("g" in e.get("q", {}) for e in header["t"])
+    q = any("q" in e for e in entries)
+    shared = any("cb" in e for e in entries)
+    grouped = any("g" in e.get("q", {}) for e in entries)
     label = ("sparse-relidx" if sparse else "dense") + ("-int4-grouped" if grouped else "-int8" if q else "") + ("-codebook" if shared else "") \
-        + f"+{CODERS[code]}"
-    return {"coder": CODERS[code], "tensors": encs, "label": label, "bytes": len(data)}
+        + f"+{CODERS[code]}" + ("+range" if words else "")
+    return {"coder": CODERS[code] + ("+range" if words else ""), "tensors": encs, "label": label, "bytes": len(data)}
 
 
 def encode(variant: Any) -> bytes:

@@ -5,7 +5,8 @@
 
 * **Space** (:class:`SearchSpace`): which techniques in which order (structured pruning, then
   unstructured pruning, then self-distillation into the pruned model, then one of weight
-  sharing, static int8, QAT int8 or 4-bit weight-only) and their parameters (ratios, sparsity,
+  sharing, static int8, QAT int8 or 4-bit weight-only, then an fp16 cast after sharing or
+  none) and their parameters (ratios, sparsity,
   its schedule and scope, KD temperature and alpha, per-tensor or per-channel, calibration
   size, bits, group size). Student width is the structured-pruning ratio followed by
   self-distillation; registry students join with ``students``.
@@ -48,8 +49,8 @@ from squeezebench.compression.base import ConfigError, parse_variant_id, variant
 SIZE_METRICS = ("compressed_bytes", "artifact_bytes")
 EAGER = "torch-cpu"  # fp32 in PyTorch eager: the reference every latency winner is also compared with
 OBJECTIVE_GRAMMAR = "compressed_bytes | artifact_bytes:<backend> | latency:<backend>:b<batch>"
-TECHNIQUES = ("structured", "prune", "kdself", "kd", "share", "int8-static", "int8-qat", "woq4")
-DEFAULT_TECHNIQUES = ("structured", "prune", "kdself", "share", "int8-static", "int8-qat", "woq4")
+TECHNIQUES = ("structured", "prune", "kdself", "kd", "share", "int8-static", "int8-qat", "woq4", "fp16")
+DEFAULT_TECHNIQUES = ("structured", "prune", "kdself", "share", "int8-static", "int8-qat", "woq4", "fp16")
 
 
 class SearchError(ValueError):
@@ -89,7 +90,8 @@ class Objective:
 class SearchSpace:
     """The chains a search may try. ``techniques``: any of TECHNIQUES, in the fixed order
     structured -> kd (registry students, with ``students``) -> prune -> kdself -> one terminal
-    step (share, int8-static, int8-qat, woq4, or none)."""
+    step (share, int8-static, int8-qat, woq4, or none) -> fp16 (after share or none: the
+    weights, a shared layer's codebook and the biases stored in 16 bits)."""
 
     techniques: tuple[str, ...] = DEFAULT_TECHNIQUES
     sparsity: tuple[int, int] = (50, 99)  # percent, unstructured
@@ -149,6 +151,8 @@ class SearchSpace:
             tok.append("int8-qat" + ("-pt" if pt else "") + f"-e{trial.suggest_int('qat_epochs', 1, 3)}")
         elif end == "woq4":
             tok.append(f"woq4-g{trial.suggest_categorical('group_size', [16, 32, 64, 128])}")
+        if "fp16" in t and end in ("none", "share") and trial.suggest_categorical("fp16", [False, True]):
+            tok.append("fp16")
         return variant_id(parse_variant_id("+".join(tok))) if tok else "fp32"
 
 

@@ -37,7 +37,7 @@ Progress = Callable[[str], None]
 
 __all__ = ["Evaluation", "Variant", "Workbench", "guardrail_floor", "source_hash"]
 
-@produced_by("numpy")  # squeezebench.encoding packs with numpy (and the stdlib)
+@produced_by("numpy", "constriction")  # squeezebench.encoding: numpy, the stdlib, the range coder
 def _write_compressed(v: Variant, out: Path) -> str:
     return encoding.write_compressed(v, out)
 
@@ -58,7 +58,7 @@ class CompressedExporter(Exporter):
 COMPRESSED = CompressedExporter()
 
 
-@produced_by("numpy", "onnx")  # the onnx package reads the initializers
+@produced_by("numpy", "constriction", "onnx")  # the onnx package reads the initializers
 def _write_compressed_file(v: Variant, out: Path) -> str:
     state = onnx_file.initializer_state(v.export.source_file, v.export.dtype)
     (out / "model.sqz").write_bytes(encoding.encode_tensors(encoding.stored_tensors(state, v.qweights)))

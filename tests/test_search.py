@@ -124,15 +124,18 @@ def test_the_space_gives_canonical_variant_ids():
     import optuna
 
     space = SearchSpace()
-    seen = set()
+    seen, vids = set(), []
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(60):
         t = study.ask()
         vid = space.suggest(t, has_conv=True)
         assert variant_id(parse_variant_id(vid)) == vid  # readable, parseable, canonical
         seen.add(vid.split("+")[-1].rstrip("0123456789-eg").split("-")[0])
+        vids.append(vid)
+        if vid.endswith("+fp16"):  # the cast comes last, and only after sharing or pruning alone
+            assert not any(s.startswith(("int8", "woq4")) for s in vid.split("+"))
         study.tell(t, 0.0)
-    assert len(seen) > 3
+    assert len(seen) > 3 and any(v.endswith("+fp16") for v in vids)
 
 
 @pytest.mark.parametrize("text,err", [("latency:tpu:b1", "unknown objective 'latency:tpu:b1'"),

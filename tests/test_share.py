@@ -84,17 +84,19 @@ def test_shared_tensors_encode_as_codebook_and_indices_exactly():
         np.testing.assert_array_equal(got, t)
 
 
-def test_corrupt_codebook_index_is_an_error_not_garbage():
+def test_corrupt_or_truncated_bytes_are_an_error_not_garbage():
     t = np.tile(np.array([0.5, -0.5, 0.25], np.float32), 100)
-    data = bytearray(enc.encode_tensors({"t": {"values": t, "dtype": "float32"}}))
-    assert data[4] in (0, 1, 2)
-    body = enc._body(bytes(data))[1]
-    header, off = enc._header(body)
-    assert "cb" in header["t"][0]
-    bad = bytearray(body)
-    bad[off + 3 * 4] = 0xFF  # first index byte -> indices 15 and 15, past a 3-entry codebook
-    with pytest.raises(ValueError, match="out of range"):
-        enc.decode(enc.MAGIC + bytes([0]) + bytes(bad))
+    data = enc.encode_tensors({"t": {"values": t, "dtype": "float32"}})
+    assert "cb" in enc._entries(enc._split(data)[1])[0][0]
+    for i in range(5, len(data)):  # any flipped byte after the magic and coder byte is caught
+        bad = bytearray(data)
+        bad[i] ^= 0x5A
+        with pytest.raises(ValueError, match="checksum"):
+            enc.decode(bytes(bad))
+    with pytest.raises(ValueError, match="checksum|truncated"):
+        enc.decode(data[:-4])
+    with pytest.raises(ValueError, match="bad magic"):
+        enc.decode(b"SQZ1" + data[4:])
 
 
 def test_share_variant_on_the_tiny_model(tiny_workbench):
