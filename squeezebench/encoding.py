@@ -43,7 +43,7 @@ import lzma
 import struct
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -181,22 +181,30 @@ def _alpha(k: int) -> float:
     return min(0.5, ALPHA_MASS / k)
 
 
-def _counts_before_blocks(x: np.ndarray, k: int) -> np.ndarray:
-    """(blocks, k): how often each symbol occurred before each block of BLOCK symbols."""
-    nb = -(-x.size // BLOCK)
-    h = np.bincount((np.arange(x.size) // BLOCK) * k + x, minlength=nb * k).reshape(nb, k)
-    return np.cumsum(h, axis=0) - h
+def _pieces(x: np.ndarray, k: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``x`` (symbols < ``k``) in pieces of whole blocks, each with how often every symbol
+    occurred before each of its blocks: (offset, piece, counts (blocks, k)); about _ROWS table
+    entries a piece, so a large tensor never needs a (symbols x k) table at once."""
+    x = x.astype(np.int64)
+    step = max(BLOCK, (_ROWS // k) // BLOCK * BLOCK)
+    running = np.zeros(k, dtype=np.int64)
+    for i in range(0, x.size, step):
+        piece = x[i:i + step]
+        nb = -(-piece.size // BLOCK)
+        h = np.bincount((np.arange(piece.size) // BLOCK) * k + piece, minlength=nb * k).reshape(nb, k)
+        yield i, piece, np.cumsum(h, axis=0) - h + running
+        running += h.sum(axis=0)
 
 
 def stream_bits(x: np.ndarray, k: int) -> float:
     """Ideal code length in bits of ``x`` (symbols < ``k``) under the adaptive model."""
     if x.size == 0 or k <= 1:
         return 0.0
-    x = x.astype(np.int64)
-    before = _counts_before_blocks(x, k)
-    b = np.arange(x.size) // BLOCK
-    a = _alpha(k)
-    return float(-np.log2((before[b, x] + a) / (b * BLOCK + k * a)).sum())
+    a, bits = _alpha(k), 0.0
+    for i, piece, before in _pieces(x, k):
+        b = np.arange(piece.size) // BLOCK
+        bits -= float(np.log2((before[b, piece] + a) / (i + b * BLOCK + k * a)).sum())
+    return bits
 
 
 def _range_encode(streams: list[tuple[np.ndarray, int]]) -> bytes:
@@ -207,12 +215,9 @@ def _range_encode(streams: list[tuple[np.ndarray, int]]) -> bytes:
     for x, k in streams:
         if x.size == 0 or k <= 1:
             continue
-        x = x.astype(np.int64)
-        probs = _counts_before_blocks(x, k).astype(np.float64) + _alpha(k)
-        rows = max(BLOCK, (_ROWS // k) // BLOCK * BLOCK)
-        for i in range(0, x.size, rows):
-            chunk = x[i:i + rows]
-            coder.encode(chunk.astype(np.int32), family, probs[(np.arange(chunk.size) + i) // BLOCK])
+        for _, piece, before in _pieces(x, k):
+            probs = before.astype(np.float64) + _alpha(k)
+            coder.encode(piece.astype(np.int32), family, probs[np.arange(piece.size) // BLOCK])
     return coder.get_compressed().astype("<u4").tobytes()
 
 

@@ -117,3 +117,16 @@ def test_symbol_streams_are_range_coded_near_their_entropy():
 def test_degenerate_tensors_round_trip(values):
     state = {"t": torch.from_numpy(np.asarray(values, dtype=np.float32)), "b": torch.arange(5)}
     _assert_same(enc.decode(enc.encode_tensors(enc.stored_tensors(state))), enc.reference_tensors(state))
+
+
+def test_large_streams_are_coded_in_pieces_to_the_same_bytes(monkeypatch):
+    rng = np.random.default_rng(4)
+    q = rng.integers(-20, 20, size=(64, 300)).astype(np.int8)  # 19200 int8 symbols of 256
+    qweights = {"w": {"values": q, "scale": np.array([0.1], np.float32), "zero_point": np.array([0]), "axis": None}}
+    state = {"w": torch.zeros(64, 300)}
+    whole = enc.encode_tensors(enc.stored_tensors(state, qweights))
+    monkeypatch.setattr(enc, "_ROWS", 1024)  # 4 symbols of 256 a piece: rounded up to one block
+    pieces = enc.encode_tensors(enc.stored_tensors(state, qweights))
+    assert pieces == whole
+    _assert_same(enc.decode(pieces), enc.reference_tensors(state, qweights))
+    assert len(whole) < q.size * 0.75  # ~5.3 bits of entropy a weight: below 8 bits
