@@ -384,7 +384,17 @@ class Search:
         ok = [r for r in rows if r["state"] == "complete"]
         feasible = [r for r in ok if r["feasible"]]
         keys = [("top1", -1.0)] + [(o.name, 1.0) for o in self.sizes] + ([("macs", 1.0)] if self.latency else [])
-        front = pareto_front(feasible, keys)
+        if self.latency:
+            # MACs guide latency only within one compute precision: an fp16 or int8 copy of a
+            # chain has its MACs and fewer bytes, yet often runs slower, so each precision gets
+            # its own front and the fp32 chain it would dominate is still timed.
+            groups: dict[str, list[dict]] = {}
+            for r in feasible:
+                groups.setdefault(compute_precision(r["variant"]), []).append(r)
+            members = {v for g in groups.values() for v in pareto_front(g, keys)}
+            front = sorted(members, key=lambda v: (-next(r["top1"] for r in feasible if r["variant"] == v), v))
+        else:
+            front = pareto_front(feasible, keys)
         onnx_fp32 = self._fp32_onnx_bytes()
         for r in ok:
             r["on_front"] = r["variant"] in front
@@ -472,6 +482,17 @@ def _band(base_ci: list | None, ci: list | None) -> list[float] | None:
     if not base_ci or not ci or min(ci) <= 0:
         return None
     return [round(base_ci[0] / ci[1], 3), round(base_ci[1] / ci[0], 3)]
+
+
+def compute_precision(vid: str) -> str:
+    """The number format a chain computes in: its last precision cast or quantization step's
+    (``fp16``, ``int8``, ``woq4``), else ``fp32``."""
+    for cfg in reversed(parse_variant_id(vid)):
+        if cfg.kind == "precision":
+            return cfg.token()
+        if cfg.kind == "quantize":
+            return cfg.token().split("-")[0]
+    return "fp32"
 
 
 def pareto_front(rows: list[dict], keys: list[tuple[str, float]]) -> list[str]:

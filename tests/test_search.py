@@ -246,3 +246,33 @@ def test_budget(sb_search, tmp_path):
     r = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--sb-cache-dir={tmp_path / 'cache'}",
                                       "--sb-threads=1", "-q", "-s")
     assert r.ret == 0, r.stdout.str()[-3000:]
+
+
+def test_with_latency_each_compute_precision_gets_its_own_front(tmp_path):
+    """An fp16 or int8 copy of a chain has its MACs and fewer bytes; with MACs as the only latency
+    guide it would hide the fp32 chain, which often runs faster. Each precision's front is timed."""
+    import optuna
+
+    def study_of(rows):
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+        for vid, top1, size in rows:
+            attrs = {"variant": vid, "top1": top1, "parity": 1.0, "compressed_bytes": size, "macs": 1000,
+                     "params": 100, "nonzero_params": 10, "seconds": 1.0}
+            study.add_trial(optuna.trial.create_trial(values=[top1, size, 1000], user_attrs=attrs))
+        return study
+
+    rows = [("prune80", 99.0, 20_000), ("prune90", 98.8, 10_000), ("prune90+fp16", 98.8, 5_000),
+            ("prune90+int8-static", 98.6, 2_500), ("prune85", 98.7, 15_000)]
+    lat = (Objective("compressed_bytes"), Objective.parse("latency:onnxruntime:b1", BACKENDS))
+    with_latency = FakeSearch(tmp_path, spec(objectives=lat)).summarise(study_of(rows), 99.0, 98.5)
+    assert set(with_latency["front"]) == {"prune80", "prune90", "prune90+fp16", "prune90+int8-static"}
+    size_only = FakeSearch(tmp_path, spec()).summarise(study_of(rows), 99.0, 98.5)
+    assert "prune90" not in size_only["front"] and "prune90+fp16" in size_only["front"]  # dominated on size
+
+
+def test_compute_precision_of_a_chain():
+    from squeezebench.search import compute_precision
+
+    assert [compute_precision(v) for v in ("fp32", "prune90+share4+fp16", "kd-t4+prune80+int8-qat-pt",
+                                           "sprune50-dense+woq4-g128", "prune90")] == \
+        ["fp32", "fp16", "int8", "woq4", "fp32"]

@@ -43,7 +43,7 @@ def tables(result: dict) -> list[Table]:
         win.notes.append(f"Benchmark them (or pin them in a profile's variants): pytest bench/ --sb-models {s['model']} "
                          f"--sb-datasets {s['dataset']} --sb-variants fp32,{ids}")
     lat_cols = sorted(lat)
-    front = Table("Front: top-1 x size" + (" x MACs, latency measured" if lat else ""),
+    front = Table("Front: top-1 x size" + (" x MACs per compute precision, latency measured" if lat else ""),
                   ["variant", "top-1 %", "compressed kB", "vs fp32 ONNX", "MACs/image", *lat_cols],
                   [[v, f"{trials[v]['top1']:.2f}", fmt_kb(trials[v]["compressed_bytes"]), _ratio(trials[v]),
                     f"{trials[v]['macs']:,}", *(_lat(lat[c].get(v)) for c in lat_cols)] for v in result["front"]])
