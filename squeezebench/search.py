@@ -173,6 +173,10 @@ class SearchSpec:
     eval_backend: str = "onnxruntime"
     stop_slack_pp: float = 1.0
     space: SearchSpace = field(default_factory=SearchSpace)
+    # Latency runs (fresh processes, the variants' order reversed every other run): a b1 figure
+    # moves by more between processes than its in-run interval says, so speedups are given as
+    # the median of the per-run (paired) ratios with their spread.
+    latency_runs: int = 3
 
     def __post_init__(self) -> None:
         if (self.budget_pp is None) == (self.floor is None):
@@ -190,10 +194,13 @@ class SearchSpec:
             raise SearchError(f"give at least one objective: {OBJECTIVE_GRAMMAR}")
         if self.stop_slack_pp < 0:
             raise SearchError("--stop-slack-pp must be >= 0")
+        if isinstance(self.latency_runs, bool) or not isinstance(self.latency_runs, int) or self.latency_runs < 1:
+            raise SearchError(f"--latency-runs must be an integer >= 1, got {self.latency_runs!r}; 3 shows the "
+                              "spread between processes")
 
     def study_name(self) -> str:
         """Same model, dataset, budget, objectives, space, seed, evaluation backend: same study (resumed)."""
-        key = {k: v for k, v in asdict(self).items() if k not in ("trials", "minutes")}
+        key = {k: v for k, v in asdict(self).items() if k not in ("trials", "minutes", "latency_runs")}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{self.model}-{self.dataset}")
         return f"{safe}-{digest}"
@@ -355,8 +362,10 @@ class Search:
         if self.latency and result["front"]:
             t1 = time.perf_counter()
             self.say(f"measuring latency of {len(result['front'])} front variants and fp32 on "
-                     + ", ".join(o.name for o in self.latency))
-            result["latency"] = self.measure_latency(["fp32", *result["front"]])
+                     + ", ".join(o.name for o in self.latency) + f", {s.latency_runs} run(s)")
+            order = ["fp32", *result["front"]]
+            result["latency"] = combine_latency_runs(
+                [self.measure_latency(order if i % 2 == 0 else order[::-1]) for i in range(s.latency_runs)])
             result["latency_seconds"] = round(time.perf_counter() - t1, 1)
             result["winners"].update(self.latency_winners(result))
         result["search_seconds"] = round(search_s, 1)
@@ -463,18 +472,56 @@ class Search:
         out = {}
         for o in self.latency:
             got = result["latency"].get(o.name, {})
-            fp32 = (got.get("fp32") or {}).get("per_image_us")
-            eager = ((result["latency"].get(f"latency:{EAGER}:b{o.batch}") or {}).get("fp32") or {}).get("per_image_us")
+            fp32 = got.get("fp32") or {}
+            eager = (result["latency"].get(f"latency:{EAGER}:b{o.batch}") or {}).get("fp32") or {}
             cands = [(m["per_image_us"], v) for v, m in got.items()
                      if v in feasible and m["valid"] and m["per_image_us"] is not None]
-            if cands:
-                us, v = min(cands)
-                out[o.name] = {"variant": v, "value": us, "top1": feasible[v]["top1"], "ci95_us": got[v]["ci95_us"],
-                               "speedup_vs_fp32_same_runtime": round(fp32 / us, 3) if fp32 else None,
-                               "speedup_vs_fp32_torch_eager": round(eager / us, 3) if eager else None,
-                               "speedup_vs_fp32_same_runtime_ci": _band((got.get("fp32") or {}).get("ci95_us"),
-                                                                        got[v]["ci95_us"])}
+            if not cands:
+                continue
+            us, v = min(cands)
+            w = {"variant": v, "value": us, "top1": feasible[v]["top1"], "ci95_us": got[v].get("ci95_us"),
+                 "spread_us": got[v].get("spread_us"), "runs": got[v].get("runs", 1)}
+            same, same_band = _speedup(fp32, got[v])
+            w.update(speedup_vs_fp32_same_runtime=same, speedup_vs_fp32_same_runtime_ci=same_band,
+                     speedup_vs_fp32_torch_eager=_speedup(eager, got[v])[0])
+            # a winner whose band reaches 1.0x is not reliably faster than fp32 on its runtime
+            w["reliable"] = v == "fp32" or bool(same_band and same_band[0] > 1.0)
+            out[o.name] = w
         return out
+
+
+def combine_latency_runs(runs: list[dict]) -> dict:
+    """One latency table from several runs of :meth:`Search.measure_latency`: per variant the
+    median over runs, every run's figure (``runs_us``, in run order, None where it has none) and
+    their spread; one run is kept as it was (with its 95 % interval)."""
+    if len(runs) == 1:
+        return runs[0]
+    out: dict = {}
+    for key in dict.fromkeys(k for r in runs for k in r):
+        for v in dict.fromkeys(v for r in runs for v in r.get(key, {})):
+            ms = [r.get(key, {}).get(v) for r in runs]
+            vals = [m["per_image_us"] if m and m["per_image_us"] is not None else None for m in ms]
+            have = [x for x in vals if x is not None]
+            out.setdefault(key, {})[v] = {
+                "per_image_us": float(np.median(have)) if have else None, "ci95_us": None,
+                "spread_us": [min(have), max(have)] if have else None, "runs_us": vals, "runs": len(have),
+                "valid": all(m is not None and m["valid"] for m in ms),
+                "stability": [m.get("stability") if m else None for m in ms]}
+    return out
+
+
+def _speedup(base: dict, m: dict) -> tuple[float | None, list[float] | None]:
+    """``base`` over ``m``: with several runs the median of the per-run ratios (paired: the
+    same process timed both) and their range; with one, the ratio and its interval band."""
+    if "runs_us" in base and "runs_us" in m:
+        ratios = [b / x for b, x in zip(base["runs_us"], m["runs_us"]) if b and x]
+        if not ratios:
+            return None, None
+        return round(float(np.median(ratios)), 3), [round(min(ratios), 3), round(max(ratios), 3)]
+    b, x = base.get("per_image_us"), m.get("per_image_us")
+    if not b or not x:
+        return None, None
+    return round(b / x, 3), _band(base.get("ci95_us"), m.get("ci95_us"))
 
 
 def _band(base_ci: list | None, ci: list | None) -> list[float] | None:
@@ -529,6 +576,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help=f"comma list of {', '.join(TECHNIQUES)}. Default: {','.join(DEFAULT_TECHNIQUES)}")
     p.add_argument("--students", default="", help="comma list of student model specs for kd. Default: none")
     p.add_argument("--sparsity", default="50,99", help="unstructured sparsity range, percent. Default: 50,99")
+    p.add_argument("--latency-runs", type=int, default=3,
+                   help="latency runs (fresh processes) per variant; speedups are the median of the paired "
+                        "per-run ratios, with their range. Default: 3")
     p.add_argument("--stop-slack-pp", type=float, default=1.0,
                    help="stop a trial whose partial model is this far below the floor, pp. Default: 1.0")
     p.add_argument("--data-dir", default=None, help="dataset directory. Default: $SQUEEZEBENCH_DATA_DIR or the cache")
@@ -557,7 +607,7 @@ def main(argv: list[str] | None = None, prog: str = "squeezebench") -> int:
                           (0.5 if args.budget_pp is None else args.budget_pp),
                           floor=args.floor, trials=30 if args.trials is None and args.minutes is None else args.trials,
                           minutes=args.minutes, seed=args.seed, eval_backend=args.eval_backend,
-                          stop_slack_pp=args.stop_slack_pp, space=space)
+                          stop_slack_pp=args.stop_slack_pp, space=space, latency_runs=args.latency_runs)
         config = load_config(args.config, rootdir=Path.cwd())
         settings = resolve_settings(args.data_dir, args.cache_dir, args.threads)
         wb = Workbench(settings, progress=lambda m: print(m, file=sys.stderr, flush=True), config=config)

@@ -227,7 +227,7 @@ def data():
 from squeezebench.search import SearchSpace
 
 def test_budget(sb_search, tmp_path):
-    r = sb_search("lenet300_100", "tinydata:data", budget_pp=5.0, trials=3, output=tmp_path,
+    r = sb_search("lenet300_100", "tinydata:data", budget_pp=5.0, trials=3, output=tmp_path, latency_runs=2,
                   objectives=("compressed_bytes", "latency:onnxruntime:b1"),
                   space=SearchSpace(techniques=("prune",), sparsity=(50, 60), max_steps=1, max_epochs=1))
     assert len(r["trials"]) == 3
@@ -237,10 +237,15 @@ def test_budget(sb_search, tmp_path):
     lat = r["latency"]
     assert set(lat) == {"latency:onnxruntime:b1", "latency:torch-cpu:b1"}
     assert set(lat["latency:onnxruntime:b1"]) == {"fp32", *r["front"]}
-    for m in lat["latency:onnxruntime:b1"].values():
-        assert m["per_image_us"] > 0 and m["ci95_us"][0] <= m["per_image_us"] <= m["ci95_us"][1]
+    for m in lat["latency:onnxruntime:b1"].values():  # two fresh processes: the median and the range
+        assert m["runs"] == 2 and len(m["runs_us"]) == 2
+        assert m["spread_us"] == [min(m["runs_us"]), max(m["runs_us"])]
+        assert m["spread_us"][0] <= m["per_image_us"] <= m["spread_us"][1]
     w = r["winners"]["latency:onnxruntime:b1"]
     assert w["variant"] in {"fp32", *r["front"]} and w["speedup_vs_fp32_same_runtime"] > 0
+    lo, hi = w["speedup_vs_fp32_same_runtime_ci"]
+    assert lo <= w["speedup_vs_fp32_same_runtime"] <= hi
+    assert w["reliable"] == (w["variant"] == "fp32" or lo > 1.0)
     assert w["speedup_vs_fp32_torch_eager"] > 0
 ''')
     r = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--sb-cache-dir={tmp_path / 'cache'}",
@@ -276,3 +281,30 @@ def test_compute_precision_of_a_chain():
     assert [compute_precision(v) for v in ("fp32", "prune90+share4+fp16", "kd-t4+prune80+int8-qat-pt",
                                            "sprune50-dense+woq4-g128", "prune90")] == \
         ["fp32", "fp16", "int8", "woq4", "fp32"]
+
+
+def test_latency_runs_combine_into_a_median_and_paired_ratios():
+    from squeezebench.search import combine_latency_runs
+
+    def run(fp32, fast):
+        return {"latency:onnxruntime:b1": {"fp32": {"per_image_us": fp32, "ci95_us": [fp32 - 0.1, fp32 + 0.1], "valid": True},
+                                            "prune90": {"per_image_us": fast, "ci95_us": None, "valid": True}}}
+
+    # each run's own interval is tight, but the machine drifts between runs: 1.10x, 0.95x, 1.05x
+    runs = [run(33.0, 30.0), run(38.0, 40.0), run(34.65, 33.0)]
+    lat = combine_latency_runs(runs)
+    m = lat["latency:onnxruntime:b1"]["prune90"]
+    assert m["per_image_us"] == 33.0 and m["spread_us"] == [30.0, 40.0] and m["runs_us"] == [30.0, 40.0, 33.0]
+    s = FakeSearch.__new__(FakeSearch)
+    s.latency = [Objective.parse("latency:onnxruntime:b1", BACKENDS)]
+    w = s.latency_winners({"latency": lat, "baseline_top1": 99.0,
+                           "trials": [{"variant": "prune90", "feasible": True, "top1": 98.9}]})["latency:onnxruntime:b1"]
+    assert w["variant"] == "prune90" and w["speedup_vs_fp32_same_runtime"] == 1.05  # median of the paired ratios
+    assert w["speedup_vs_fp32_same_runtime_ci"] == [0.95, 1.1] and w["reliable"] is False
+    assert combine_latency_runs([runs[0]]) is runs[0]  # one run: as measured, with its interval
+
+
+def test_latency_runs_must_be_positive():
+    with pytest.raises(SearchError, match="latency-runs"):
+        spec(latency_runs=0)
+    assert spec(latency_runs=5).study_name() == spec().study_name()  # not part of the study

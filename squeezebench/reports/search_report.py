@@ -60,28 +60,37 @@ def tables(result: dict) -> list[Table]:
     return [win, front, every]
 
 
+def _spread(m: dict, digits: int = 2) -> str:
+    """A latency's uncertainty: the range over runs, or one run's 95 % interval."""
+    if m.get("spread_us") and m.get("runs", 1) > 1:
+        lo, hi = m["spread_us"]
+        return f" ({m['runs']} runs: {lo:.{digits}f}-{hi:.{digits}f})"
+    ci = m.get("ci95_us")
+    return f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else ""
+
+
 def _value(objective: str, w: dict) -> str:
     if objective.startswith("latency"):
-        ci = w.get("ci95_us")
-        return f"{w['value']:.2f} µs/image" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        return f"{w['value']:.2f} µs/image" + _spread(w)
     return f"{fmt_kb(w['value'])} kB"
 
 
 def _versus(objective: str, w: dict, trials: dict) -> str:
     if objective.startswith("latency"):
-        s, e = w.get("speedup_vs_fp32_same_runtime"), w.get("speedup_vs_fp32_torch_eager")
-        return "; ".join(x for x in (f"{s:.2f}x fp32 on this runtime" + (f" [{w['speedup_vs_fp32_same_runtime_ci'][0]:.2f}, "
-                                                           f"{w['speedup_vs_fp32_same_runtime_ci'][1]:.2f}]"
-                                                           if w.get("speedup_vs_fp32_same_runtime_ci") else "") if s else "",
-                                     f"{e:.2f}x fp32 in torch eager" if e else "") if x) or "-"
+        s, e, band = w.get("speedup_vs_fp32_same_runtime"), w.get("speedup_vs_fp32_torch_eager"), \
+            w.get("speedup_vs_fp32_same_runtime_ci")
+        over = f" over {w['runs']} runs" if w.get("runs", 1) > 1 else ""
+        same = (f"{s:.2f}x fp32 on this runtime" + (f" [{band[0]:.2f}, {band[1]:.2f}]{over}" if band else "")) if s else ""
+        if s and w.get("reliable") is False:
+            same += " (not reliably faster: the range reaches 1.00x)"
+        return "; ".join(x for x in (same, f"{e:.2f}x fp32 in torch eager" if e else "") if x) or "-"
     return _ratio(trials[w["variant"]]) + " smaller than the fp32 ONNX file" if w["variant"] in trials else "-"
 
 
 def _lat(m: dict | None) -> str:
     if not m or m.get("per_image_us") is None:
         return "-"
-    ci = m.get("ci95_us")
-    return f"{m['per_image_us']:.2f} µs" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") + ("" if m["valid"] else " INVALID")
+    return f"{m['per_image_us']:.2f} µs" + _spread(m) + ("" if m["valid"] else " INVALID")
 
 
 def markdown(result: dict) -> str:
