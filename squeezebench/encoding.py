@@ -30,7 +30,7 @@ Compression's Huffman stage done with an arithmetic coder. :func:`describe`'s la
 e.g. ``sparse-relidx-codebook+lzma+range``.
 
 Layout: ``b"SQZ2"``, one coder byte for the raw part (0 none, 1 zlib, 2 lzma raw LZMA2), a
-CRC-32 of the rest (uint32 little-endian), the coded raw part's length (uint32), the coded raw
+CRC-32 of the coder byte and the rest (uint32 little-endian), the coded raw part's length (uint32), the coded raw
 part (``uint32 header length``, header JSON, per tensor [float32 scales][zero points, int8 when
 they fit, else int32] for int8 tensors, [codebook] for shared tensors, [float values]), then the
 range coder's 32-bit words, streams in header order (per tensor: relative indices, then values
@@ -320,7 +320,7 @@ def encode_tensors(tensors: dict[str, dict]) -> bytes:
                   (2, lzma.compress(body, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS))]
     code, coded = min(candidates, key=lambda c: (len(c[1]), c[0]))
     payload = struct.pack("<I", len(coded)) + coded + _range_encode(streams)
-    return MAGIC + bytes([code]) + struct.pack("<I", zlib.crc32(payload)) + payload
+    return MAGIC + bytes([code]) + struct.pack("<I", zlib.crc32(bytes([code]) + payload)) + payload
 
 
 def _split(data: bytes) -> tuple[int, bytes, bytes]:
@@ -332,7 +332,7 @@ def _split(data: bytes) -> tuple[int, bytes, bytes]:
     code = data[4]
     (crc,) = struct.unpack_from("<I", data, 5)
     payload = data[9:]
-    if zlib.crc32(payload) != crc:
+    if zlib.crc32(data[4:5] + payload) != crc:
         raise ValueError("corrupt compressed model: checksum mismatch")
     (n,) = struct.unpack_from("<I", payload, 0)
     coded, words = payload[4:4 + n], payload[4 + n:]
@@ -400,10 +400,7 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
             gaps = symbols.take(k, 16 if e["e"] == "sparse4" else 256)
             vals = values(k, le)
             flat = _zero_like(s).reshape(-1).copy()
-            pos = np.cumsum(gaps + 1) - 1
-            if k and pos[-1] >= n:
-                raise ValueError(f"relative index past the end of {name}")
-            flat[pos] = vals
+            flat[_positions(gaps, n)] = vals
         a = np.asarray(flat, dtype=le.newbyteorder("=")).reshape(shape)
         out[name] = _bf16_to_f32(a) if label == "bfloat16" else a
         if "q" in e:
@@ -412,6 +409,14 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
     if off != len(body):
         raise ValueError(f"{len(body) - off} trailing bytes after the last tensor")
     return out
+
+
+def _positions(gaps: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the stored entries from their relative indices, checked against the size."""
+    pos = np.cumsum(gaps + 1) - 1
+    if pos.size and pos[-1] >= n:
+        raise ValueError(f"relative index past the end of a tensor of {n} values")
+    return pos
 
 
 def _decode_codebook(e: dict, n: int, le: np.dtype, take, symbols: _RangeDecoder) -> np.ndarray:
@@ -424,10 +429,7 @@ def _decode_codebook(e: dict, n: int, le: np.dtype, take, symbols: _RangeDecoder
         gaps = symbols.take(k, 16 if e["e"] == "sparse4" else 256)
         vals = symbols.take(k, c)
         idx = np.full(n, z, dtype=np.int64)
-        pos = np.cumsum(gaps + 1) - 1
-        if k and pos[-1] >= n:
-            raise ValueError("relative index past the end of a tensor")
-        idx[pos] = vals
+        idx[_positions(gaps, n)] = vals
     if idx.size and int(idx.max()) >= c:
         raise ValueError(f"codebook index {int(idx.max())} out of range for {c} entries")
     return codebook[idx]

@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from squeezebench.compression.base import ConfigError, parse_variant_id, variant_id
+from squeezebench.compression.prune import KEEP_TOKEN
 
 SIZE_METRICS = ("compressed_bytes", "artifact_bytes")
 EAGER = "torch-cpu"  # fp32 in PyTorch eager: the reference every latency winner is also compared with
@@ -134,7 +135,7 @@ class SearchSpace:
             epochs = trial.suggest_int("prune_epochs", 1, self.max_epochs)
             keep = trial.suggest_categorical("prune_keep_dense", ["none", "first", "last", "ends"])
             tok.append(f"{'g' if scope == 'global' else ''}prune{pct}-s{steps}-e{epochs}"
-                       + {"none": "", "first": "-kf", "last": "-kl", "ends": "-kfl"}[keep])
+                       + KEEP_TOKEN["" if keep == "none" else keep])
         if "kdself" in t and tok and trial.suggest_categorical("kdself", [False, True]):
             tok.append(f"kdself-t{trial.suggest_categorical('kdself_t', [2, 4, 8])}"
                        f"-a{trial.suggest_categorical('kdself_alpha', [0.5, 0.7, 0.9])}"
@@ -400,8 +401,8 @@ class Search:
             groups: dict[str, list[dict]] = {}
             for r in feasible:
                 groups.setdefault(compute_precision(r["variant"]), []).append(r)
-            members = {v for g in groups.values() for v in pareto_front(g, keys)}
-            front = sorted(members, key=lambda v: (-next(r["top1"] for r in feasible if r["variant"] == v), v))
+            top1 = {r["variant"]: r["top1"] for r in feasible}
+            front = sorted({v for g in groups.values() for v in pareto_front(g, keys)}, key=lambda v: (-top1[v], v))
         else:
             front = pareto_front(feasible, keys)
         onnx_fp32 = self._fp32_onnx_bytes()

@@ -43,7 +43,7 @@ _TOKEN = re.compile(r"^(?P<g>g?)prune(?P<pct>\d+(?:\.\d+)?)(?:-s(?P<steps>\d+))?
 # Layers kept dense, by position among the Linear/Conv layers (a model's names differ; its first
 # and last layers are where pruning costs the most accuracy per weight removed).
 KEEP = {"": (), "first": ("first",), "last": ("last",), "ends": ("first", "last")}
-_KEEP_TOKEN = {"": "", "first": "-kf", "last": "-kl", "ends": "-kfl"}
+KEEP_TOKEN = {"": "", "first": "-kf", "last": "-kl", "ends": "-kfl"}
 
 
 def default_steps(sparsity: float) -> int:
@@ -110,7 +110,7 @@ class PruneConfig(CompressionConfig):
             t += f"-s{self.steps}"
         if self.finetune_epochs != default_finetune_epochs(self.sparsity):
             t += f"-e{self.finetune_epochs}"
-        return t + _KEEP_TOKEN[self.keep]
+        return t + KEEP_TOKEN[self.keep]
 
     @classmethod
     def parse(cls, token: str):
